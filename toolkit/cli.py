@@ -1,0 +1,263 @@
+"""The `toolkit` command. Commands parse, call one library function, and print.
+
+Errors are typed (toolkit.errors) and mapped to a one-line message and exit code in `main`.
+Nothing here imports TensorFlow at module level: `generate` must start fast without it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from toolkit.errors import ToolkitError, UsageError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train a character-level LSTM, export it to TFLite/ONNX with explicit state, "
+    "generate text and benchmark every runtime.",
+)
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    preset: Annotated[
+        str, typer.Option(help="tiny | quick | default | best | seed (see README)")
+    ] = "default",
+    data: Annotated[
+        Path | None, typer.Option(help="UTF-8 text file or folder of .txt (default: bundled)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<corpus>)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing run directory")] = False,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="wall-clock training budget")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    seq_length: Annotated[int | None, typer.Option()] = None,
+    embedding_dim: Annotated[int | None, typer.Option()] = None,
+    units: Annotated[int | None, typer.Option()] = None,
+    layers: Annotated[int | None, typer.Option()] = None,
+    dropout: Annotated[float | None, typer.Option()] = None,
+    val_fraction: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    sample: Annotated[bool, typer.Option(help="print a short sample after each epoch")] = True,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train the model (bundled Shakespeare by default); resumable and atomic."""
+    import dataclasses
+
+    from toolkit.config import preset as get_preset
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "epochs": epochs,
+            "max_minutes": max_minutes,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "seq_length": seq_length,
+            "embedding_dim": embedding_dim,
+            "units": units,
+            "layers": layers,
+            "dropout": dropout,
+            "val_fraction": val_fraction,
+            "seed": seed,
+        }.items()
+        if v is not None
+    }
+    if not sample:
+        overrides["sample_every_epoch"] = False
+    base = get_preset(preset)
+    config = dataclasses.replace(base, **overrides)
+    config.validate()
+    if resume is not None:
+        if out is not None and out != resume:
+            raise UsageError("give the run directory once: --resume RUN_DIR (without --out)")
+        run_dir = resume
+    else:
+        run_dir = out or Path("runs") / ("shakespeare" if data is None else _stem(data))
+
+    from toolkit.train import bits_per_char
+    from toolkit.train import train as train_run
+
+    result = train_run(
+        config,
+        run_dir,
+        data=data,
+        resume=resume is not None,
+        force=force,
+        overrides=overrides,
+        log=typer.echo,
+        progress_bar=progress and sys.stderr.isatty(),
+    )
+    typer.echo(
+        f"{'stopped' if result.interrupted else 'done'}: {result.steps} steps, "
+        f"{result.epochs_done:.2f} epochs in {result.elapsed_s:.0f}s "
+        f"({result.chars_per_sec:,.0f} chars/s); best val loss {result.best_val_loss:.4f} "
+        f"nats ({bits_per_char(result.best_val_loss):.3f} bits/char) -> {result.run_dir}"
+    )
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def _stem(data: Path) -> str:
+    return data.stem if data.suffix else data.name
+
+
+# --------------------------------------------------------------------------- download
+
+
+@app.command()
+def download(
+    url: Annotated[str | None, typer.Option(help="source URL")] = None,
+    sha256: Annotated[
+        str | None, typer.Option(help="expected checksum ('none' to skip the check)")
+    ] = None,
+    dest: Annotated[Path | None, typer.Option(help="target file")] = None,
+) -> None:
+    """Fetch the public TensorFlow copy of shakespeare.txt into the user cache (verified)."""
+    from toolkit.data import SHAKESPEARE_SHA256, SHAKESPEARE_URL, download_corpus
+
+    checksum = None if sha256 == "none" else (sha256 or SHAKESPEARE_SHA256)
+    path = download_corpus(url or SHAKESPEARE_URL, checksum, dest)
+    typer.echo(str(path))
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="trained run directory")] = Path(
+        "runs/shakespeare"
+    ),
+    format: Annotated[str, typer.Option(help="tflite | onnx | numpy | all")] = "all",
+    quantize: Annotated[str, typer.Option(help="none | float16 | int8 | all")] = "none",
+    out: Annotated[Path | None, typer.Option(help="export folder (default exported/<run>)")] = None,
+    validate: Annotated[bool, typer.Option(help="check outputs against Keras")] = True,
+    bpc_tolerance: Annotated[
+        float, typer.Option(help="allowed relative bits/char loss for quantized variants")
+    ] = 0.02,
+    force: Annotated[bool, typer.Option(help="overwrite existing files")] = False,
+) -> None:
+    """Export a run to single-step graphs with explicit state, validated against Keras."""
+    if bpc_tolerance < 0:
+        raise UsageError("bpc-tolerance must be >= 0")
+    formats = ["tflite", "onnx", "numpy"] if format == "all" else [format]
+    from toolkit.export import export_run
+
+    out_dir, artifacts = export_run(
+        run_dir,
+        out,
+        formats=formats,
+        quantization=quantize,
+        validate=validate,
+        bpc_tolerance=bpc_tolerance,
+        force=force,
+        log=typer.echo,
+    )
+    for art in artifacts:
+        typer.echo(f"wrote {out_dir / art.file} ({art.bytes / 1024:.1f} KiB)")
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@app.command()
+def generate(
+    model: Annotated[
+        Path | None,
+        typer.Argument(help="export folder (run directory for --runtime keras)"),
+    ] = None,
+    runtime: Annotated[str, typer.Option(help="onnx | tflite | numpy | keras")] = "onnx",
+    variant: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
+    prompt: Annotated[str, typer.Option(help="text that warms up the state")] = "ROMEO:",
+    length: Annotated[int, typer.Option(help="characters to generate")] = 500,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="keep the k most likely (0 = all)")] = 0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling mass in (0, 1]")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    num_samples: Annotated[int, typer.Option(help="texts generated in one batch")] = 1,
+    stop: Annotated[str | None, typer.Option(help="stop when this string appears")] = None,
+    unknown: Annotated[str, typer.Option(help="error | skip unknown prompt characters")] = "error",
+    threads: Annotated[int, typer.Option(help="runtime threads")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON with timings")] = False,
+) -> None:
+    """Generate text, streaming characters as they are produced."""
+    from toolkit.runtime.generator import load
+
+    if length < 0:
+        raise UsageError(f"length must be >= 0, got {length}")
+    generator = load(model, runtime=runtime, variant=variant, threads=threads)
+    stream = num_samples == 1 and not as_json
+    if stream:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+
+    def on_text(row: int, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    result = generator.generate(
+        prompt,
+        length=length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        num_samples=num_samples,
+        stop=stop,
+        unknown=unknown,
+        on_text=on_text if stream else None,
+    )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    elif stream:
+        sys.stdout.write("\n")
+    else:
+        for i, text in enumerate(result.texts):
+            typer.echo(f"--- sample {i + 1} ---\n{prompt}{text}")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main() -> None:
+    """Console entry point: the one place errors become messages and exit codes."""
+    try:
+        app(standalone_mode=False)
+    except ToolkitError as exc:
+        _err(f"error: {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            _err("aborted")
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

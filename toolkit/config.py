@@ -1,0 +1,134 @@
+"""Model and training configuration as plain dataclasses, plus the named presets.
+
+No TensorFlow here: the runtime reads these too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolkit.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 65
+    embedding_dim: int = 64
+    units: int = 512
+    layers: int = 1
+    dropout: float = 0.0  # between layers and before the output; gone at inference
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "default"
+    embedding_dim: int = 64
+    units: int = 512
+    layers: int = 1
+    dropout: float = 0.0
+    seq_length: int = 100
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = 0.05  # cosine decay ends at learning_rate * min_lr_ratio
+    warmup_steps: int = 50
+    clip_norm: float = 1.0
+    jit_compile: bool = False  # XLA for the training step
+    stateful: bool = True  # carry LSTM state across consecutive windows (char-rnn style)
+    epochs: int = 100
+    max_minutes: float | None = 10.0
+    val_fraction: float = 0.1
+    seed: int = 1337
+    checkpoint_minutes: float = 1.0  # mid-epoch checkpoint interval (Ctrl-C / kill -9 safety)
+    sample_every_epoch: bool = True
+    sample_length: int = 200
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=vocab_size,
+            embedding_dim=self.embedding_dim,
+            units=self.units,
+            layers=self.layers,
+            dropout=self.dropout,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def validate(self) -> None:
+        checks = [
+            (self.embedding_dim >= 1, "embedding_dim must be >= 1"),
+            (self.units >= 1, "units must be >= 1"),
+            (self.layers >= 1, "layers must be >= 1"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.seq_length >= 2, "seq-length must be >= 2"),
+            (self.batch_size >= 1, "batch-size must be >= 1"),
+            (self.learning_rate > 0, "learning-rate must be > 0"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.max_minutes is None or self.max_minutes > 0, "max-minutes must be > 0"),
+            (0.0 < self.val_fraction < 0.5, "val-fraction must be in (0, 0.5)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+# Presets. Sizes are chosen for a 2-core CPU; `seed` is the classic TensorFlow tutorial size.
+PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(
+        preset="tiny",
+        embedding_dim=8,
+        units=16,
+        layers=1,
+        seq_length=32,
+        batch_size=16,
+        epochs=1,
+        max_minutes=None,
+        warmup_steps=5,
+        sample_length=40,
+    ),
+    "quick": TrainConfig(
+        preset="quick",
+        embedding_dim=32,
+        units=256,
+        layers=1,
+        seq_length=64,
+        batch_size=32,
+        learning_rate=4e-3,
+        max_minutes=1.0,
+    ),
+    "default": TrainConfig(preset="default", max_minutes=10.0),
+    "best": TrainConfig(
+        preset="best",
+        embedding_dim=64,
+        units=512,
+        layers=2,
+        dropout=0.1,
+        max_minutes=30.0,
+    ),
+    "seed": TrainConfig(
+        preset="seed",
+        embedding_dim=256,
+        units=1024,
+        layers=1,
+        seq_length=100,
+        batch_size=64,
+        learning_rate=2e-3,
+        max_minutes=None,
+        epochs=20,
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

@@ -1,0 +1,194 @@
+"""Corpus loading, the character vocabulary, the train/validation split, and the download.
+
+No TensorFlow here: the tf.data pipeline lives in train.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import DataError, DownloadError
+
+SHAKESPEARE_URL = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+BUNDLED_CORPUS = "tinyshakespeare.txt.gz"
+
+
+def bundled_corpus_text() -> str:
+    """The tiny Shakespeare corpus shipped inside the package (works offline)."""
+    blob = resources.files("toolkit.corpus").joinpath(BUNDLED_CORPUS).read_bytes()
+    return gzip.decompress(blob).decode("utf-8")
+
+
+def _decode_text_file(path: Path) -> str:
+    raw = path.read_bytes()
+    if not raw:
+        raise DataError(f"corpus file is empty: {path}")
+    if b"\x00" in raw[:65536]:
+        raise DataError(f"corpus file looks binary (contains NUL bytes): {path}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"corpus file is not valid UTF-8 (byte offset {exc.start}): {path}"
+        ) from None
+
+
+def load_corpus(path: Path | str | None = None) -> str:
+    """Read the training text: the bundled corpus, one UTF-8 file, or a folder of .txt files."""
+    if path is None:
+        return bundled_corpus_text()
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"corpus not found: {path}")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise DataError(f"no .txt files in folder: {path}")
+        text = "\n".join(_decode_text_file(p) for p in files)
+    else:
+        text = _decode_text_file(path)
+    if not text.strip():
+        raise DataError(f"corpus contains only whitespace: {path}")
+    return text
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Characters in a deterministic order (by code point); a character's id is its index."""
+
+    chars: tuple[str, ...]
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocabulary:
+        return cls(tuple(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {ch: i for i, ch in enumerate(self.chars)}
+
+    def encode(self, text: str) -> np.ndarray:
+        index = self.index
+        return np.fromiter((index[ch] for ch in text), dtype=np.int32, count=len(text))
+
+    def decode(self, ids: np.ndarray | list[int]) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def unknown(self, text: str) -> list[str]:
+        known = set(self.chars)
+        return sorted({ch for ch in text if ch not in known})
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(list(self.chars), ensure_ascii=False, indent=0))
+
+    @classmethod
+    def load(cls, path: Path) -> Vocabulary:
+        return cls(tuple(json.loads(path.read_text(encoding="utf-8"))))
+
+
+def split_corpus(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The last `val_fraction` of the text, contiguous, is held out (nanoGPT's split)."""
+    n_val = int(len(ids) * val_fraction)
+    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "char-lstm-toolkit"
+
+
+def download_corpus(
+    url: str = SHAKESPEARE_URL,
+    sha256: str | None = SHAKESPEARE_SHA256,
+    dest: Path | None = None,
+    timeout: float = 30.0,
+) -> Path:
+    """Fetch a corpus into the user cache, verify its checksum, and write it atomically.
+
+    An existing file with the right checksum is reused. On any failure nothing is left behind.
+    """
+    dest = dest or default_cache_dir() / "shakespeare.txt"
+    if dest.exists() and (sha256 is None or sha256_file(dest) == sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            expected = resp.headers.get("Content-Length")
+            received = 0
+            for block in iter(lambda: resp.read(1 << 16), b""):
+                out.write(block)
+                digest.update(block)
+                received += len(block)
+            if expected is not None and received != int(expected):
+                raise DownloadError(
+                    f"download cut short: got {received} of {expected} bytes from {url}"
+                )
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise DownloadError(
+                f"checksum mismatch for {url}: expected {sha256[:12]}…, "
+                f"got {digest.hexdigest()[:12]}…"
+            )
+        os.replace(tmp, dest)
+        return dest
+    except DownloadError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", None) or exc
+        raise DownloadError(f"download failed from {url}: {reason}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

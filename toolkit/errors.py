@@ -1,0 +1,45 @@
+"""Typed errors. The CLI maps each to a one-line message and an exit code in one place."""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """Base class: anything the user can fix. Message is one line; no traceback is shown."""
+
+    exit_code = 1
+
+
+class UsageError(ToolkitError):
+    """An option value that makes no sense (negative length, top-p outside (0, 1], ...)."""
+
+    exit_code = 2
+
+
+class DataError(ToolkitError):
+    """The corpus is missing, empty, binary, not UTF-8, or too short."""
+
+    exit_code = 3
+
+
+class RunDirError(ToolkitError):
+    """A run directory is missing, incomplete, already exists, or is incompatible."""
+
+    exit_code = 4
+
+
+class ExportError(ToolkitError):
+    """The converter failed or the exported graph did not validate."""
+
+    exit_code = 5
+
+
+class ModelFileError(ToolkitError):
+    """An exported model is missing, corrupted, or of an unknown manifest version."""
+
+    exit_code = 6
+
+
+class DownloadError(ToolkitError):
+    """A corpus download failed or its checksum did not match."""
+
+    exit_code = 7

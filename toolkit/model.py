@@ -1,0 +1,64 @@
+"""The Keras character model: Embedding -> N x LSTM -> Dense, with the LSTM state explicit.
+
+Inputs are `tokens` [batch, time] plus the state `h`, `c` [batch, layers, units]; outputs
+are `logits` [batch, time, vocab] and the new state. Explicit state lets training carry it
+across consecutive windows (truncated BPTT, as char-rnn does) and lets the Keras runtime
+step one character at a time exactly as the exported graphs do.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's start-up chatter
+
+import keras
+import numpy as np
+
+from toolkit.config import ModelConfig
+
+
+def build_model(config: ModelConfig) -> keras.Model:
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    h_in = keras.Input(shape=(config.layers, config.units), name="h")
+    c_in = keras.Input(shape=(config.layers, config.units), name="c")
+
+    x = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")(tokens)
+    h_out, c_out = [], []
+    for layer in range(config.layers):
+        if config.dropout > 0 and layer > 0:
+            x = keras.layers.Dropout(config.dropout, name=f"dropout_{layer}")(x)
+        x, h, c = keras.layers.LSTM(
+            config.units, return_sequences=True, return_state=True, name=f"lstm_{layer}"
+        )(x, initial_state=[h_in[:, layer, :], c_in[:, layer, :]])
+        h_out.append(h)
+        c_out.append(c)
+    if config.dropout > 0:
+        x = keras.layers.Dropout(config.dropout, name="dropout_out")(x)
+    logits = keras.layers.Dense(config.vocab_size, name="logits")(x)
+    outputs = {
+        "logits": logits,
+        "h_out": keras.ops.stack(h_out, axis=1),
+        "c_out": keras.ops.stack(c_out, axis=1),
+    }
+    return keras.Model(inputs={"tokens": tokens, "h": h_in, "c": c_in}, outputs=outputs)
+
+
+def zero_state(config: ModelConfig, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    shape = (batch, config.layers, config.units)
+    return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+
+def lstm_weights(model: keras.Model, config: ModelConfig) -> dict[str, np.ndarray]:
+    """The trained weights by name, in the layout the step graphs use (gate order i, f, c, o)."""
+    weights: dict[str, np.ndarray] = {
+        "embedding": np.asarray(model.get_layer("embedding").embeddings, np.float32),
+        "dense_kernel": np.asarray(model.get_layer("logits").kernel, np.float32),
+        "dense_bias": np.asarray(model.get_layer("logits").bias, np.float32),
+    }
+    for layer in range(config.layers):
+        kernel, recurrent, bias = model.get_layer(f"lstm_{layer}").get_weights()
+        weights[f"lstm_{layer}_kernel"] = np.asarray(kernel, np.float32)
+        weights[f"lstm_{layer}_recurrent"] = np.asarray(recurrent, np.float32)
+        weights[f"lstm_{layer}_bias"] = np.asarray(bias, np.float32)
+    return weights

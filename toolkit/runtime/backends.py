@@ -1,0 +1,222 @@
+"""Step backends: one LSTM step with explicit state, (token, h, c) -> (logits, h', c').
+
+Every backend takes `token` int32 [batch] and `h`, `c` float32 [layers, batch, units] and
+returns float32 `logits` [batch, vocab] and the new state. Imports onnxruntime or LiteRT
+lazily, and never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from toolkit.errors import ModelFileError
+
+StepOutput = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class StepBackend(Protocol):
+    name: str
+
+    def step(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> StepOutput: ...
+
+
+def fold_weights(raw: dict[str, np.ndarray], layers: int) -> dict[str, np.ndarray]:
+    """Rewrite Keras weights into the step layout.
+
+    Layer 0: the embedding lookup followed by the input projection is a lookup in one
+    [vocab, 4*units] table (bias included), so the step needs a Gather, not a MatMul.
+    Layers > 0: input and recurrent kernels stacked to one [2*units, 4*units] matrix, so
+    each layer is a single MatMul. Gate order stays Keras's: i, f, c (candidate), o.
+    """
+    folded = {
+        "table_0": raw["embedding"] @ raw["lstm_0_kernel"] + raw["lstm_0_bias"],
+        "recurrent_0": raw["lstm_0_recurrent"],
+        "dense_kernel": raw["dense_kernel"],
+        "dense_bias": raw["dense_bias"],
+    }
+    for layer in range(1, layers):
+        folded[f"stacked_{layer}"] = np.concatenate(
+            [raw[f"lstm_{layer}_kernel"], raw[f"lstm_{layer}_recurrent"]], axis=0
+        )
+        folded[f"bias_{layer}"] = raw[f"lstm_{layer}_bias"]
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in folded.items()}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # tanh form: no overflow warnings for large |x|, same value as 1 / (1 + exp(-x)).
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+class NumpyBackend:
+    """Dependency-free reference: the step written in numpy on the folded weights."""
+
+    name = "numpy"
+
+    def __init__(self, weights: dict[str, np.ndarray], layers: int) -> None:
+        self.w = weights
+        self.layers = layers
+
+    @classmethod
+    def from_bytes(cls, data: bytes, layers: int) -> NumpyBackend:
+        try:
+            with np.load(io.BytesIO(data)) as blob:
+                weights = {k: blob[k] for k in blob.files}
+        except Exception as exc:  # zipfile/pickle errors vary; all mean a bad file
+            raise ModelFileError(f"weights file is corrupted: {exc}") from None
+        return cls(weights, layers)
+
+    def step(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> StepOutput:
+        w = self.w
+        h_out = np.empty_like(h)
+        c_out = np.empty_like(c)
+        x = None
+        for layer in range(self.layers):
+            if layer == 0:
+                z = w["table_0"][token] + h[0] @ w["recurrent_0"]
+            else:
+                z = np.concatenate([x, h[layer]], axis=1) @ w[f"stacked_{layer}"]
+                z += w[f"bias_{layer}"]
+            i, f, g, o = np.split(z, 4, axis=1)
+            c_new = _sigmoid(f) * c[layer] + _sigmoid(i) * np.tanh(g)
+            x = _sigmoid(o) * np.tanh(c_new)
+            h_out[layer] = x
+            c_out[layer] = c_new
+        logits = x @ w["dense_kernel"] + w["dense_bias"]
+        return logits.astype(np.float32, copy=False), h_out, c_out
+
+
+class OnnxBackend:
+    """onnxruntime InferenceSession; names are read from the model, never assumed."""
+
+    name = "onnx"
+
+    def __init__(self, data: bytes, threads: int = 1) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelFileError(
+                "onnxruntime is not installed: pip install 'char-lstm-toolkit[onnx]'"
+            ) from None
+        options = ort.SessionOptions()
+        # Single-step latency is dominated by per-op overhead: one thread avoids the
+        # hand-off cost; more pays only at larger batch or width. Set and reported.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                data, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelFileError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        expected = {"token", "h", "c"}
+        if set(self.input_names) != expected or not {"logits", "h_out", "c_out"} <= set(
+            self.output_names
+        ):
+            raise ModelFileError(
+                f"unexpected ONNX signature: inputs {self.input_names}, outputs {self.output_names}"
+            )
+        self._order = [self.output_names.index(n) for n in ("logits", "h_out", "c_out")]
+        self.threads = threads
+
+    def step(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> StepOutput:
+        out = self.session.run(None, {"token": token, "h": h, "c": c})
+        return out[self._order[0]], out[self._order[1]], out[self._order[2]]
+
+
+class TFLiteBackend:
+    """LiteRT interpreter driven through the model's signature (names from the model)."""
+
+    name = "tflite"
+
+    def __init__(self, data: bytes, threads: int = 1) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise ModelFileError(
+                "ai-edge-litert is not installed: pip install 'char-lstm-toolkit[tflite]'"
+            ) from None
+        try:
+            self.interpreter = Interpreter(model_content=data, num_threads=threads)
+            signatures = self.interpreter.get_signature_list()
+            key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+            runner = self.interpreter.get_signature_runner(key)
+            self.input_details = runner.get_input_details()
+            self.output_details = runner.get_output_details()
+            # The runner keeps views into the interpreter's buffers, which would forbid the
+            # resize below; we only needed the signature's names and tensor indices.
+            del runner
+        except Exception as exc:  # LiteRT raises ValueError/RuntimeError with long text
+            raise ModelFileError(f"LiteRT cannot load the model: {_first_line(exc)}") from None
+        if set(self.input_details) != {"token", "h", "c"} or not {
+            "logits",
+            "h_out",
+            "c_out",
+        } <= set(self.output_details):
+            raise ModelFileError(
+                f"unexpected TFLite signature: inputs {sorted(self.input_details)}, "
+                f"outputs {sorted(self.output_details)}"
+            )
+        self.threads = threads
+        self._in_idx = {n: d["index"] for n, d in self.input_details.items()}
+        self._out_idx = {n: d["index"] for n, d in self.output_details.items()}
+        self._shape: tuple[int, ...] | None = None
+        layers, units = self.input_details["h"]["shape_signature"][[0, 2]]
+        # Allocate for batch 1 now, so that loading (and LiteRT's delegate log line) happens
+        # before the first character, not in the middle of the stream.
+        self._resize(1, np.zeros((int(layers), 1, int(units)), np.float32))
+
+    def _resize(self, batch: int, h: np.ndarray) -> None:
+        interp = self.interpreter
+        interp.resize_tensor_input(self._in_idx["token"], [batch], strict=False)
+        interp.resize_tensor_input(self._in_idx["h"], list(h.shape), strict=False)
+        interp.resize_tensor_input(self._in_idx["c"], list(h.shape), strict=False)
+        interp.allocate_tensors()
+        self._shape = h.shape
+
+    def step(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> StepOutput:
+        # set_tensor/invoke/get_tensor by index: the signature runner re-checks shapes and
+        # re-resolves names on every call, which costs more than a small step itself.
+        if h.shape != self._shape:
+            self._resize(token.shape[0], h)
+        interp = self.interpreter
+        interp.set_tensor(self._in_idx["token"], token)
+        interp.set_tensor(self._in_idx["h"], h)
+        interp.set_tensor(self._in_idx["c"], c)
+        interp.invoke()
+        get = interp.get_tensor
+        return (
+            get(self._out_idx["logits"]),
+            get(self._out_idx["h_out"]),
+            get(self._out_idx["c_out"]),
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_backend(
+    model_dir: Path, manifest: dict[str, Any], runtime: str, quantization: str, threads: int
+) -> StepBackend:
+    from toolkit.runtime.manifest import find_artifact, read_verified
+
+    entry = find_artifact(manifest, runtime, quantization)
+    data = read_verified(model_dir, entry)
+    layers = int(manifest["model"]["layers"])
+    if runtime == "onnx":
+        return OnnxBackend(data, threads)
+    if runtime == "tflite":
+        return TFLiteBackend(data, threads)
+    if runtime == "numpy":
+        return NumpyBackend.from_bytes(data, layers)
+    raise ModelFileError(f"unknown runtime {runtime!r}")

@@ -1,0 +1,239 @@
+"""Text generation on any step backend: warm the state with the prompt, then sample.
+
+`load(model_dir, runtime=...)` gives a `Generator`; `Generator.session()` gives a `Session`
+that keeps its state between calls (feed text, sample more, feed more ...).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import ModelFileError, UsageError
+from toolkit.runtime.backends import StepBackend, load_backend
+from toolkit.runtime.manifest import VARIANTS, read_manifest
+from toolkit.runtime.sampling import check_sampling_args, sample_next
+
+RUNTIMES = ("onnx", "tflite", "numpy", "keras")
+DEFAULT_MODEL_NAME = "shakespeare"
+# Fed when the prompt is empty: text starts after a line break, so the model begins a line.
+START_CANDIDATES = ("\n", " ")
+
+
+@dataclass
+class GenerationResult:
+    prompt: str
+    texts: list[str]
+    runtime: str
+    variant: str
+    time_to_first_char_s: float
+    elapsed_s: float
+    chars_generated: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chars_per_sec(self) -> float:
+        return self.chars_generated / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "texts": self.texts,
+            "runtime": self.runtime,
+            "variant": self.variant,
+            "time_to_first_char_s": round(self.time_to_first_char_s, 6),
+            "elapsed_s": round(self.elapsed_s, 6),
+            "chars_generated": self.chars_generated,
+            "chars_per_sec": round(self.chars_per_sec, 1),
+            **self.extra,
+        }
+
+
+class Session:
+    """Explicit LSTM state for `batch` parallel texts, advanced one character at a time."""
+
+    def __init__(self, generator: Generator, batch: int = 1) -> None:
+        self.generator = generator
+        self.batch = batch
+        shape = (generator.layers, batch, generator.units)
+        self.h = np.zeros(shape, np.float32)
+        self.c = np.zeros(shape, np.float32)
+        self.logits: np.ndarray | None = None
+
+    def _step(self, tokens: np.ndarray) -> None:
+        self.logits, self.h, self.c = self.generator.backend.step(tokens, self.h, self.c)
+
+    def feed(self, text: str, unknown: str = "error") -> None:
+        """Run text through the model (same text for every row), updating the state."""
+        ids = self.generator.encode(text, unknown)
+        for token in ids:
+            self._step(np.full(self.batch, token, dtype=np.int32))
+
+    def sample(
+        self,
+        length: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        rng: np.random.Generator | None = None,
+        stop: str | None = None,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> list[str]:
+        """Sample `length` characters per row; `on_text(row, chars)` streams them."""
+        if length < 0:
+            raise UsageError(f"length must be >= 0, got {length}")
+        check_sampling_args(temperature, top_k, top_p)
+        rng = rng or np.random.default_rng()
+        if self.logits is None:
+            self.feed(self.generator.start_text)
+        chars = self.generator.chars
+        out: list[list[str]] = [[] for _ in range(self.batch)]
+        done = np.zeros(self.batch, dtype=bool)
+        for _ in range(length):
+            assert self.logits is not None
+            tokens = sample_next(self.logits, rng, temperature, top_k, top_p)
+            for row, token in enumerate(tokens):
+                if done[row]:
+                    continue
+                out[row].append(chars[token])
+                if stop and "".join(out[row][-len(stop) :]) == stop:
+                    done[row] = True
+                    del out[row][-len(stop) :]
+                elif on_text is not None:
+                    on_text(row, chars[token])
+            if done.all():
+                break
+            self._step(tokens)
+        return ["".join(row) for row in out]
+
+
+class Generator:
+    """A loaded model (any runtime) plus its vocabulary."""
+
+    def __init__(
+        self,
+        backend: StepBackend,
+        vocab: list[str],
+        layers: int,
+        units: int,
+        runtime: str,
+        variant: str,
+    ) -> None:
+        self.backend = backend
+        self.chars = list(vocab)
+        self.index = {ch: i for i, ch in enumerate(self.chars)}
+        self.layers = layers
+        self.units = units
+        self.runtime = runtime
+        self.variant = variant
+        self.start_text = next((s for s in START_CANDIDATES if s in self.index), self.chars[0])
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        if unknown not in ("error", "skip"):
+            raise UsageError(f"--unknown must be 'error' or 'skip', got {unknown!r}")
+        missing = sorted({ch for ch in text if ch not in self.index})
+        if missing and unknown == "error":
+            shown = ", ".join(repr(ch) for ch in missing[:20])
+            raise UsageError(
+                f"prompt has characters not in the model's vocabulary: {shown}"
+                " (use --unknown skip to drop them)"
+            )
+        return [self.index[ch] for ch in text if ch in self.index]
+
+    def session(self, batch: int = 1) -> Session:
+        if batch < 1:
+            raise UsageError(f"num-samples must be >= 1, got {batch}")
+        return Session(self, batch)
+
+    def generate(
+        self,
+        prompt: str = "",
+        length: int = 200,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        num_samples: int = 1,
+        stop: str | None = None,
+        unknown: str = "error",
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> GenerationResult:
+        """Warm the state with `prompt`, then sample `num_samples` texts in one batch."""
+        check_sampling_args(temperature, top_k, top_p)
+        if length < 0:
+            raise UsageError(f"length must be >= 0, got {length}")
+        self.encode(prompt, unknown)  # fail early on unknown characters
+        rng = np.random.default_rng(seed)
+        t0 = time.perf_counter()
+        session = self.session(num_samples)
+        session.feed(prompt if prompt else self.start_text, unknown)
+        first: list[float] = []
+
+        def on_first(row: int, text: str) -> None:
+            if not first:
+                first.append(time.perf_counter() - t0)
+            if on_text is not None:
+                on_text(row, text)
+
+        texts = session.sample(length, temperature, top_k, top_p, rng, stop, on_first)
+        elapsed = time.perf_counter() - t0
+        return GenerationResult(
+            prompt=prompt,
+            texts=texts,
+            runtime=self.runtime,
+            variant=self.variant,
+            time_to_first_char_s=first[0] if first else elapsed,
+            elapsed_s=elapsed,
+            chars_generated=sum(len(t) for t in texts),
+        )
+
+
+def default_model_dir(runtime: str = "onnx") -> Path:
+    """The model `generate` uses when none is named: exported/shakespeare (or runs/ for keras)."""
+    sub = ("runs" if runtime == "keras" else "exported", DEFAULT_MODEL_NAME)
+    candidates = [Path.cwd().joinpath(*sub), Path(__file__).resolve().parents[2].joinpath(*sub)]
+    for candidate in candidates:
+        marker = "run.json" if runtime == "keras" else "manifest.json"
+        if (candidate / marker).exists():
+            return candidate
+    if runtime == "keras":
+        raise ModelFileError(
+            "no trained run found at runs/shakespeare; create one with: toolkit train"
+        )
+    raise ModelFileError(
+        "no exported model found at exported/shakespeare; create one with: "
+        "toolkit train  then  toolkit export --format all"
+    )
+
+
+def load(
+    model_dir: str | Path | None = None,
+    runtime: str = "onnx",
+    variant: str = "fp32",
+    threads: int = 1,
+) -> Generator:
+    """Load an exported model folder (or, for runtime='keras', a run directory)."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    if threads < 1:
+        raise UsageError(f"threads must be >= 1, got {threads}")
+    path = Path(model_dir) if model_dir is not None else default_model_dir(runtime)
+    if runtime == "keras":
+        if variant != "fp32":
+            raise UsageError("the keras runtime has only the fp32 variant")
+        from toolkit.keras_runtime import load_keras_generator  # imports TensorFlow
+
+        return load_keras_generator(path)
+    manifest = read_manifest(path)
+    backend = load_backend(path, manifest, runtime, VARIANTS[variant], threads)
+    model = manifest["model"]
+    return Generator(
+        backend, manifest["vocab"], int(model["layers"]), int(model["units"]), runtime, variant
+    )

@@ -1,0 +1,584 @@
+"""Training: stateful truncated BPTT over the corpus, checkpoints, resume, metrics.
+
+Read top to bottom: the run directory, the batches, the step functions, then `train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import __version__
+from toolkit.config import TrainConfig
+from toolkit.data import (
+    Vocabulary,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_corpus,
+    split_corpus,
+)
+from toolkit.errors import DataError, RunDirError
+from toolkit.model import build_model, zero_state
+
+LN2 = math.log(2.0)
+RUN_FILES = ("run.json", "config.json", "vocab.json", "model.keras")
+# Options that change the model or the data order; a resumed run must keep them.
+RESUME_LOCKED = (
+    "embedding_dim",
+    "units",
+    "layers",
+    "dropout",
+    "seq_length",
+    "batch_size",
+    "val_fraction",
+    "seed",
+    "stateful",
+)
+
+
+def bits_per_char(nats: float) -> float:
+    return nats / LN2
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def check_run_dir(run_dir: Path) -> dict[str, Any]:
+    """Everything export and generate need must be there; returns run.json."""
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory not found: {run_dir}")
+    missing = [name for name in RUN_FILES if not (run_dir / name).exists()]
+    if missing:
+        raise RunDirError(f"run directory {run_dir} is incomplete: missing {', '.join(missing)}")
+    try:
+        info: dict[str, Any] = json.loads((run_dir / "run.json").read_text())
+    except json.JSONDecodeError:
+        raise RunDirError(f"run directory {run_dir} has an unreadable run.json") from None
+    return info
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    return TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+
+
+def _prepare_fresh_run_dir(run_dir: Path, force: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise RunDirError(
+                f"run directory {run_dir} already exists; use --resume to continue it "
+                "or --force to start over"
+            )
+        if not (run_dir / "run.json").exists() and not (run_dir / "config.json").exists():
+            # Refuse to wipe a folder that is not one of ours, even with --force.
+            raise RunDirError(f"{run_dir} exists and is not a run directory; not overwriting")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def resolve_resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Resuming keeps the saved config; only the budget (epochs, minutes, ...) may change."""
+    clashes = [
+        f"{key}={overrides[key]!r} (run has {getattr(saved, key)!r})"
+        for key in RESUME_LOCKED
+        if key in overrides and overrides[key] != getattr(saved, key)
+    ]
+    if clashes:
+        raise RunDirError("cannot resume with an incompatible config: " + ", ".join(clashes))
+    allowed = {k: v for k, v in overrides.items() if k not in RESUME_LOCKED and k != "preset"}
+    return dataclasses.replace(saved, **allowed)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def epoch_batches(
+    ids: np.ndarray, config: TrainConfig, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (x, y) windows of one epoch, shaped [n_batches, batch, seq_length].
+
+    Stateful (default): the text is cut into `batch` contiguous streams and batch k holds the
+    k-th window of every stream, so the LSTM state carries from batch k to k+1. A fresh random
+    offset each epoch moves the window borders. Non-stateful: windows are shuffled.
+    """
+    rng = np.random.default_rng([config.seed, epoch])
+    t, b = config.seq_length, config.batch_size
+    offset = int(rng.integers(0, t))
+    usable = ids[offset:]
+    if config.stateful:
+        stream_len = (len(usable) - 1) // b
+        n_batches = stream_len // t
+        if n_batches < 1:
+            raise DataError(
+                f"training text too short: {len(ids)} characters give no batch of "
+                f"{b} x {t}; use a smaller --batch-size or --seq-length"
+            )
+        span = n_batches * t
+        starts = np.arange(b) * stream_len
+        x = np.stack([usable[s : s + span] for s in starts])  # [b, span]
+        y = np.stack([usable[s + 1 : s + span + 1] for s in starts])
+        x = x.reshape(b, n_batches, t).transpose(1, 0, 2)
+        y = y.reshape(b, n_batches, t).transpose(1, 0, 2)
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+    n_windows = (len(usable) - 1) // t
+    n_batches = n_windows // b
+    if n_batches < 1:
+        raise DataError(
+            f"training text too short: {len(ids)} characters give no batch of {b} x {t}"
+        )
+    x = usable[: n_windows * t].reshape(n_windows, t)
+    y = usable[1 : n_windows * t + 1].reshape(n_windows, t)
+    order = rng.permutation(n_windows)[: n_batches * b]
+    return x[order].reshape(n_batches, b, t), y[order].reshape(n_batches, b, t)
+
+
+def learning_rate_at(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio over the budget (steps or time)."""
+    warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    p = min(1.0, max(0.0, progress))
+    cosine = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+    return config.learning_rate * warm * cosine
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(path: Path, model: Any, optimizer: Any, progress: dict[str, Any]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for i, w in enumerate(model.get_weights()):
+        arrays[f"w{i}"] = w
+    for i, v in enumerate(optimizer.variables):
+        arrays[f"o{i}"] = np.asarray(v)
+    for key in ("h", "c"):
+        if progress.get(key) is not None:
+            arrays[f"state_{key}"] = progress[key]
+    meta = {k: v for k, v in progress.items() if k not in ("h", "c")}
+    arrays["progress"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    try:
+        with np.load(path) as blob:
+            n_w = sum(1 for k in blob.files if k.startswith("w"))
+            n_o = sum(1 for k in blob.files if k.startswith("o"))
+            model.set_weights([blob[f"w{i}"] for i in range(n_w)])
+            optimizer.build(model.trainable_variables)
+            if n_o != len(optimizer.variables):
+                raise RunDirError(f"checkpoint {path} does not match the optimizer")
+            for i, var in enumerate(optimizer.variables):
+                var.assign(blob[f"o{i}"])
+            progress: dict[str, Any] = json.loads(bytes(blob["progress"]).decode())
+            progress["h"] = blob["state_h"] if "state_h" in blob.files else None
+            progress["c"] = blob["state_c"] if "state_c" in blob.files else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunDirError(f"checkpoint {path} is unreadable: {exc}") from None
+    return progress
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: float
+    steps: int
+    best_val_loss: float
+    last_val_loss: float
+    elapsed_s: float
+    chars_per_sec: float
+    interrupted: bool = False
+
+
+class Trainer:
+    """Owns the model, optimizer and compiled step functions for one run."""
+
+    def __init__(self, config: TrainConfig, vocab_size: int) -> None:
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(config.seed)
+        self.config = config
+        self.model_config = config.model_config(vocab_size)
+        self.model = build_model(self.model_config)
+        self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+        self.optimizer.build(self.model.trainable_variables)
+        model, optimizer, clip = self.model, self.optimizer, config.clip_norm
+
+        def loss_fn(y: Any, logits: Any) -> Any:
+            return tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            )
+
+        @tf.function(jit_compile=config.jit_compile)
+        def train_step(x: Any, y: Any, h: Any, c: Any) -> Any:
+            with tf.GradientTape() as tape:
+                out = model({"tokens": x, "h": h, "c": c}, training=True)
+                loss = loss_fn(y, out["logits"])
+            grads = tape.gradient(loss, model.trainable_variables)
+            grads, _ = tf.clip_by_global_norm(grads, clip)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss, out["h_out"], out["c_out"]
+
+        @tf.function(reduce_retracing=True)
+        def eval_step(x: Any, y: Any, h: Any, c: Any) -> Any:
+            out = model({"tokens": x, "h": h, "c": c}, training=False)
+            total = tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=out["logits"])
+            )
+            return total, out["h_out"], out["c_out"]
+
+        self.train_step = train_step
+        self.eval_step = eval_step
+
+    def set_learning_rate(self, value: float) -> None:
+        self.optimizer.learning_rate.assign(value)
+
+    def evaluate(self, ids: np.ndarray, streams: int = 16, chunk: int = 256) -> float:
+        """Mean loss in nats over the whole text, carrying state through contiguous streams."""
+        streams = max(1, min(streams, (len(ids) - 1) // 2))
+        stream_len = (len(ids) - 1) // streams
+        x_all = np.stack([ids[i * stream_len : (i + 1) * stream_len] for i in range(streams)])
+        y_all = np.stack(
+            [ids[i * stream_len + 1 : (i + 1) * stream_len + 1] for i in range(streams)]
+        )
+        h, c = zero_state(self.model_config, streams)
+        total, count = 0.0, 0
+        for start in range(0, stream_len, chunk):
+            x = x_all[:, start : start + chunk]
+            y = y_all[:, start : start + chunk]
+            loss_sum, h, c = self.eval_step(x, y, h, c)
+            total += float(loss_sum)
+            count += y.size
+        return total / max(1, count)
+
+    def sample(self, vocab: Vocabulary, prompt: str, length: int, seed: int) -> str:
+        """A short sample for the per-epoch log (Keras, explicit state, model(x) calls)."""
+        rng = np.random.default_rng(seed)
+        h, c = zero_state(self.model_config, 1)
+        ids = vocab.encode(prompt).reshape(1, -1)
+        out = self.model({"tokens": ids, "h": h, "c": c}, training=False)
+        chars = []
+        for _ in range(length):
+            logits = np.asarray(out["logits"])[0, -1].astype(np.float64) / 0.8
+            probs = np.exp(logits - logits.max())
+            token = int(rng.choice(len(probs), p=probs / probs.sum()))
+            chars.append(vocab.chars[token])
+            out = self.model(
+                {
+                    "tokens": np.array([[token]], np.int32),
+                    "h": np.asarray(out["h_out"]),
+                    "c": np.asarray(out["c_out"]),
+                },
+                training=False,
+            )
+        return prompt + "".join(chars)
+
+
+def _environment() -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "toolkit": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    data: Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    overrides: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+    progress_bar: bool = True,
+) -> TrainResult:
+    """Train (or resume) a run. Every file in the run directory is written atomically."""
+    overrides = overrides or {}
+    if resume:
+        if not (run_dir / "config.json").exists() or not (run_dir / "checkpoints").is_dir():
+            raise RunDirError(f"nothing to resume in {run_dir}: no config or checkpoints")
+        config = resolve_resume_config(load_run_config(run_dir), overrides)
+        info = json.loads((run_dir / "run.json").read_text())
+        data = Path(info["data"]) if info.get("data") else None
+        if force:
+            raise RunDirError("--resume and --force do not go together")
+    config.validate()
+
+    text = load_corpus(data)
+    vocab = Vocabulary.from_text(text)
+    if resume:
+        saved_vocab = Vocabulary.load(run_dir / "vocab.json")
+        if saved_vocab != vocab:
+            raise RunDirError(f"the corpus changed since {run_dir} was created; cannot resume")
+    ids = vocab.encode(text)
+    train_ids, val_ids = split_corpus(ids, config.val_fraction)
+    window = config.seq_length + 1
+    if len(val_ids) < window or len(train_ids) < config.batch_size * window:
+        raise DataError(
+            f"corpus too short: {len(text)} characters; need at least "
+            f"{int(config.batch_size * window / (1 - config.val_fraction)) + window} "
+            f"for batch-size {config.batch_size} and seq-length {config.seq_length}"
+        )
+
+    if not resume:
+        _prepare_fresh_run_dir(run_dir, force)
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
+        vocab.save(run_dir / "vocab.json")
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+
+    trainer = Trainer(config, len(vocab))
+    model_config = trainer.model_config
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "batch": 0,
+        "step": 0,
+        "elapsed_s": 0.0,
+        "chars_seen": 0,
+        "best_val_loss": None,
+        "last_val_loss": None,
+        "h": None,
+        "c": None,
+    }
+    if resume:
+        last = ckpt_dir / "last.npz"
+        if not last.exists():
+            raise RunDirError(f"nothing to resume in {run_dir}: no checkpoints/last.npz")
+        state.update(_load_checkpoint(last, trainer.model, trainer.optimizer))
+        log(
+            f"resuming {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}, "
+            f"step {state['step']}"
+        )
+
+    def write_run_json(status: str) -> None:
+        info = {
+            "name": run_dir.name,
+            "status": status,
+            "data": str(Path(data).resolve()) if data else None,
+            "corpus_chars": len(text),
+            "vocab_size": len(vocab),
+            "model": dataclasses.asdict(model_config),
+            "preset": config.preset,
+            "epochs_done": state["epoch"] + state["batch"] / max(1, n_batches),
+            "steps": state["step"],
+            "elapsed_s": round(state["elapsed_s"], 2),
+            "best_val_loss": state["best_val_loss"],
+            "best_val_bpc": bits_per_char(state["best_val_loss"])
+            if state["best_val_loss"] is not None
+            else None,
+            "last_val_loss": state["last_val_loss"],
+            "files": {
+                "config": "config.json",
+                "vocab": "vocab.json",
+                "model": "model.keras",
+                "metrics": "metrics.jsonl",
+                "checkpoints": ["checkpoints/best.npz", "checkpoints/last.npz"],
+            },
+            "environment": _environment(),
+        }
+        atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+
+    def append_metrics(row: dict[str, Any]) -> None:
+        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def save_model_atomically() -> None:
+        tmp = run_dir / ".model.keras.tmp.keras"
+        trainer.model.save(tmp)
+        tmp.replace(run_dir / "model.keras")
+
+    budget_s = config.max_minutes * 60 if config.max_minutes else None
+    n_batches = len(epoch_batches(train_ids, config, 0)[0])
+    total_steps = n_batches * config.epochs
+    chars_per_step = config.batch_size * config.seq_length
+    if not resume:
+        write_run_json("training")
+        save_model_atomically()  # so the directory is complete from the first second
+    log(
+        f"corpus: {len(text):,} chars, vocab {len(vocab)}, train {len(train_ids):,} / "
+        f"val {len(val_ids):,}; model {model_config.layers}x{model_config.units} "
+        f"(emb {model_config.embedding_dim}), {trainer.model.count_params():,} params; "
+        f"{n_batches} batches/epoch"
+    )
+
+    def progress_fraction() -> float:
+        by_steps = state["step"] / max(1, total_steps)
+        by_time = state["elapsed_s"] / budget_s if budget_s else 0.0
+        return max(by_steps, by_time)
+
+    def checkpoint(path: Path, h: Any, c: Any) -> None:
+        _save_checkpoint(path, trainer.model, trainer.optimizer, {**state, "h": h, "c": c})
+
+    def validate_and_record(partial: bool, train_loss: float, epoch_chars: int, epoch_s: float):
+        val_loss = trainer.evaluate(val_ids)
+        state["last_val_loss"] = val_loss
+        improved = state["best_val_loss"] is None or val_loss < state["best_val_loss"]
+        if improved:
+            state["best_val_loss"] = val_loss
+        row = {
+            "epoch": round(state["epoch"] + (state["batch"] / n_batches if partial else 0), 4),
+            "step": state["step"],
+            "elapsed_s": round(state["elapsed_s"], 2),
+            "train_loss": round(train_loss, 5),
+            "train_bpc": round(bits_per_char(train_loss), 5),
+            "val_loss": round(val_loss, 5),
+            "val_bpc": round(bits_per_char(val_loss), 5),
+            "lr": float(trainer.optimizer.learning_rate.numpy()),
+            "chars_per_sec": round(epoch_chars / max(epoch_s, 1e-9), 1),
+        }
+        append_metrics(row)
+        log(
+            f"epoch {row['epoch']}: train {train_loss:.4f} nats ({row['train_bpc']:.3f} bpc), "
+            f"val {val_loss:.4f} nats ({row['val_bpc']:.3f} bpc), "
+            f"{row['chars_per_sec']:,.0f} chars/s{'  *best' if improved else ''}"
+        )
+        return improved
+
+    interrupted = False
+    out_of_time = False
+    last_ckpt = time.monotonic()
+    try:
+        while state["epoch"] < config.epochs and not out_of_time:
+            x_all, y_all = epoch_batches(train_ids, config, state["epoch"])
+            if state["h"] is not None and state["batch"] > 0 and config.stateful:
+                h, c = state["h"], state["c"]
+            else:
+                h, c = zero_state(model_config, config.batch_size)
+            epoch_start_batch = state["batch"]
+            losses: list[float] = []
+            epoch_t0 = time.monotonic()
+            progress = _progress(progress_bar, n_batches, state["epoch"] + 1)
+            with progress:
+                task = progress.add_task("train", total=n_batches, completed=state["batch"])
+                while state["batch"] < n_batches:
+                    t0 = time.monotonic()
+                    k = state["batch"]
+                    trainer.set_learning_rate(
+                        learning_rate_at(config, state["step"], progress_fraction())
+                    )
+                    if not config.stateful:
+                        h, c = zero_state(model_config, config.batch_size)
+                    loss, h, c = trainer.train_step(x_all[k], y_all[k], h, c)
+                    losses.append(float(loss))
+                    state["batch"] += 1
+                    state["step"] += 1
+                    state["chars_seen"] += chars_per_step
+                    state["elapsed_s"] += time.monotonic() - t0
+                    progress.update(task, advance=1, description=f"loss {losses[-1]:.3f}")
+                    if time.monotonic() - last_ckpt > config.checkpoint_minutes * 60:
+                        checkpoint(ckpt_dir / "last.npz", np.asarray(h), np.asarray(c))
+                        last_ckpt = time.monotonic()
+                    if budget_s is not None and state["elapsed_s"] >= budget_s:
+                        out_of_time = True
+                        break
+            epoch_s = time.monotonic() - epoch_t0
+            epoch_chars = (state["batch"] - epoch_start_batch) * chars_per_step
+            partial = state["batch"] < n_batches
+            train_loss = float(np.mean(losses)) if losses else float("nan")
+            improved = validate_and_record(partial, train_loss, epoch_chars, epoch_s)
+            if not partial:
+                state["epoch"] += 1
+                state["batch"] = 0
+                h_save = c_save = None
+            else:
+                h_save, c_save = np.asarray(h), np.asarray(c)
+            if improved:
+                checkpoint(ckpt_dir / "best.npz", h_save, c_save)
+                save_model_atomically()
+            checkpoint(ckpt_dir / "last.npz", h_save, c_save)
+            last_ckpt = time.monotonic()
+            write_run_json("training")
+            if config.sample_every_epoch and config.sample_length > 0:
+                sample = trainer.sample(
+                    vocab, _sample_prompt(vocab), config.sample_length, state["step"]
+                )
+                log("sample: " + sample.replace("\n", "\n        "))
+    except KeyboardInterrupt:
+        interrupted = True
+        checkpoint(ckpt_dir / "last.npz", np.asarray(h), np.asarray(c))
+        write_run_json("interrupted")
+        log(f"interrupted; checkpoint saved. Continue with: toolkit train --resume {run_dir}")
+
+    if not interrupted:
+        write_run_json("finished")
+    best = state["best_val_loss"] if state["best_val_loss"] is not None else float("nan")
+    last_val = state["last_val_loss"] if state["last_val_loss"] is not None else float("nan")
+    return TrainResult(
+        run_dir=run_dir,
+        epochs_done=state["epoch"] + state["batch"] / max(1, n_batches),
+        steps=state["step"],
+        best_val_loss=best,
+        last_val_loss=last_val,
+        elapsed_s=state["elapsed_s"],
+        chars_per_sec=state["chars_seen"] / max(state["elapsed_s"], 1e-9),
+        interrupted=interrupted,
+    )
+
+
+def _sample_prompt(vocab: Vocabulary) -> str:
+    return "ROMEO:" if all(ch in vocab.index for ch in "ROMEO:") else vocab.chars[0]
+
+
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _progress(enabled: bool, total: int, epoch: int) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(f"epoch {epoch}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+
+
+def iter_metrics(run_dir: Path) -> Iterator[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
