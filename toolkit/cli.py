@@ -232,31 +232,102 @@ def generate(
             typer.echo(f"--- sample {i + 1} ---\n{prompt}{text}")
 
 
+# --------------------------------------------------------------------------- bench
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+def bench(
+    run_dir: Annotated[Path, typer.Argument(help="trained run directory")] = Path(
+        "runs/shakespeare"
+    ),
+    model: Annotated[
+        Path | None, typer.Option(help="export folder (default exported/<run>)")
+    ] = None,
+    runtimes: Annotated[
+        str | None, typer.Option(help="comma-separated subset, e.g. onnx-fp32,tflite-int8")
+    ] = None,
+    batch: Annotated[str, typer.Option(help="batch sizes, e.g. 1,32")] = "1,32",
+    threads: Annotated[str, typer.Option(help="thread counts, e.g. 1,2")] = "1,2",
+    steps: Annotated[int, typer.Option(help="timed steps per runtime and configuration")] = 300,
+    rounds: Annotated[int, typer.Option(help="interleaved rounds")] = 5,
+    cold_start: Annotated[bool, typer.Option(help="time fresh generate processes")] = True,
+    name: Annotated[str | None, typer.Option(help="report name (default: the run name)")] = None,
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("benchmarks/reports"),
+) -> None:
+    """Measure every runtime side by side; write JSON, Markdown and PNG reports."""
+    from toolkit.bench import RUNTIMES, BenchConfig, run_bench
+
+    config = BenchConfig(
+        runtimes=runtimes.split(",") if runtimes else list(RUNTIMES),
+        batches=_int_list(batch, "batch"),
+        threads=_int_list(threads, "threads"),
+        steps=steps,
+        rounds=rounds,
+        cold_start=cold_start,
+        name=name or run_dir.resolve().name,
+    )
+    config.validate()
+    report = run_bench(run_dir, model, config, out, log=typer.echo)
+    _print_bench_table(report)
+    typer.echo(f"reports: {out / config.name}.json, .md, .png")
+
+
+def _print_bench_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"per-step latency, {report['name']}")
+    for col in (
+        "runtime",
+        "batch",
+        "threads",
+        "p50 µs",
+        "p99 µs",
+        "chars/s",
+        "× predict",
+        "× model(x)",
+        "× floor",
+    ):
+        table.add_column(col, justify="left" if col == "runtime" else "right")
+    for r in report["latency"]:
+        table.add_row(
+            r["runtime"],
+            str(r["batch"]),
+            str(r["threads"] or "–"),
+            f"{r['p50_us']:.1f}",
+            f"{r['p99_us']:.1f}",
+            f"{r['chars_per_sec']:,.0f}",
+            f"{r.get('speedup_vs_predict', 0):.1f}",
+            f"{r.get('speedup_vs_call', 0):.2f}",
+            f"{r['floor_ratio']:.2f}" if "floor_ratio" in r else "–",
+        )
+    Console().print(table)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
 def main() -> None:
-    """Console entry point: the one place errors become messages and exit codes."""
+    """Console entry point: the one place errors become messages and exit codes.
+
+    Typer (standalone mode) already turns its own usage errors into a message and exit 2;
+    everything the toolkit raises on purpose is a ToolkitError with its own exit code.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except ToolkitError as exc:
         _err(f"error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            _err("aborted")
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

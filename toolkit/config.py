@@ -40,6 +40,7 @@ class TrainConfig:
     max_minutes: float | None = 10.0
     val_fraction: float = 0.1
     seed: int = 1337
+    eval_minutes: float | None = 1.0  # also validate mid-epoch this often (training time)
     checkpoint_minutes: float = 1.0  # mid-epoch checkpoint interval (Ctrl-C / kill -9 safety)
     sample_every_epoch: bool = True
     sample_length: int = 200
@@ -93,6 +94,7 @@ PRESETS: dict[str, TrainConfig] = {
         max_minutes=None,
         warmup_steps=5,
         sample_length=40,
+        eval_minutes=None,
     ),
     "quick": TrainConfig(
         preset="quick",
@@ -103,6 +105,7 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=32,
         learning_rate=4e-3,
         max_minutes=1.0,
+        eval_minutes=0.25,
     ),
     "default": TrainConfig(preset="default", max_minutes=10.0),
     "best": TrainConfig(

@@ -187,7 +187,10 @@ def download_corpus(
         raise
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", None) or exc
+        if isinstance(exc, urllib.error.HTTPError):
+            reason: object = f"HTTP {exc.code} {exc.reason}"
+        else:
+            reason = getattr(exc, "reason", None) or exc
         raise DownloadError(f"download failed from {url}: {reason}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -44,11 +44,6 @@ def build_model(config: ModelConfig) -> keras.Model:
     return keras.Model(inputs={"tokens": tokens, "h": h_in, "c": c_in}, outputs=outputs)
 
 
-def zero_state(config: ModelConfig, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    shape = (batch, config.layers, config.units)
-    return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-
-
 def lstm_weights(model: keras.Model, config: ModelConfig) -> dict[str, np.ndarray]:
     """The trained weights by name, in the layout the step graphs use (gate order i, f, c, o)."""
     weights: dict[str, np.ndarray] = {

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import platform
 import shutil
 import time
@@ -29,7 +30,6 @@ from toolkit.data import (
     split_corpus,
 )
 from toolkit.errors import DataError, RunDirError
-from toolkit.model import build_model, zero_state
 
 LN2 = math.log(2.0)
 RUN_FILES = ("run.json", "config.json", "vocab.json", "model.keras")
@@ -45,6 +45,12 @@ RESUME_LOCKED = (
     "seed",
     "stateful",
 )
+
+
+def zero_state(config: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero LSTM state in the Keras model's layout, [batch, layers, units]."""
+    shape = (batch, config.layers, config.units)
+    return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
 
 def bits_per_char(nats: float) -> float:
@@ -210,6 +216,8 @@ class Trainer:
         import keras
         import tensorflow as tf
 
+        from toolkit.model import build_model
+
         keras.utils.set_random_seed(config.seed)
         self.config = config
         self.model_config = config.model_config(vocab_size)
@@ -223,7 +231,7 @@ class Trainer:
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
             )
 
-        @tf.function(jit_compile=config.jit_compile)
+        @tf.function(jit_compile=config.jit_compile, autograph=False)
         def train_step(x: Any, y: Any, h: Any, c: Any) -> Any:
             with tf.GradientTape() as tape:
                 out = model({"tokens": x, "h": h, "c": c}, training=True)
@@ -233,7 +241,7 @@ class Trainer:
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss, out["h_out"], out["c_out"]
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def eval_step(x: Any, y: Any, h: Any, c: Any) -> Any:
             out = model({"tokens": x, "h": h, "c": c}, training=False)
             total = tf.reduce_sum(
@@ -332,11 +340,11 @@ def train(
             raise RunDirError(f"the corpus changed since {run_dir} was created; cannot resume")
     ids = vocab.encode(text)
     train_ids, val_ids = split_corpus(ids, config.val_fraction)
-    window = config.seq_length + 1
-    if len(val_ids) < window or len(train_ids) < config.batch_size * window:
+    span = config.seq_length + 1
+    if len(val_ids) < span or len(train_ids) < config.batch_size * span:
         raise DataError(
             f"corpus too short: {len(text)} characters; need at least "
-            f"{int(config.batch_size * window / (1 - config.val_fraction)) + window} "
+            f"{int(config.batch_size * span / (1 - config.val_fraction)) + span} "
             f"for batch-size {config.batch_size} and seq-length {config.seq_length}"
         )
 
@@ -408,6 +416,10 @@ def train(
         tmp.replace(run_dir / "model.keras")
 
     budget_s = config.max_minutes * 60 if config.max_minutes else None
+    # Tests shorten the mid-epoch checkpoint interval to exercise kill -9 recovery quickly.
+    checkpoint_s = float(
+        os.environ.get("TOOLKIT_CHECKPOINT_SECONDS", config.checkpoint_minutes * 60)
+    )
     n_batches = len(epoch_batches(train_ids, config, 0)[0])
     total_steps = n_batches * config.epochs
     chars_per_step = config.batch_size * config.seq_length
@@ -429,14 +441,25 @@ def train(
     def checkpoint(path: Path, h: Any, c: Any) -> None:
         _save_checkpoint(path, trainer.model, trainer.optimizer, {**state, "h": h, "c": c})
 
-    def validate_and_record(partial: bool, train_loss: float, epoch_chars: int, epoch_s: float):
+    window: dict[str, Any] = {
+        "losses": [],
+        "elapsed_s": state["elapsed_s"],
+        "chars": state["chars_seen"],
+    }
+
+    def record_point(partial: bool, h: Any, c: Any) -> None:
+        """Validate, log a metrics row, write best/last checkpoints and run.json."""
         val_loss = trainer.evaluate(val_ids)
+        train_loss = float(np.mean(window["losses"])) if window["losses"] else float("nan")
+        seconds = state["elapsed_s"] - window["elapsed_s"]
+        chars = state["chars_seen"] - window["chars"]
+        window.update(losses=[], elapsed_s=state["elapsed_s"], chars=state["chars_seen"])
         state["last_val_loss"] = val_loss
         improved = state["best_val_loss"] is None or val_loss < state["best_val_loss"]
         if improved:
             state["best_val_loss"] = val_loss
         row = {
-            "epoch": round(state["epoch"] + (state["batch"] / n_batches if partial else 0), 4),
+            "epoch": round(state["epoch"] + state["batch"] / n_batches, 4),
             "step": state["step"],
             "elapsed_s": round(state["elapsed_s"], 2),
             "train_loss": round(train_loss, 5),
@@ -444,19 +467,31 @@ def train(
             "val_loss": round(val_loss, 5),
             "val_bpc": round(bits_per_char(val_loss), 5),
             "lr": float(trainer.optimizer.learning_rate.numpy()),
-            "chars_per_sec": round(epoch_chars / max(epoch_s, 1e-9), 1),
+            "chars_per_sec": round(chars / max(seconds, 1e-9), 1),
         }
         append_metrics(row)
         log(
-            f"epoch {row['epoch']}: train {train_loss:.4f} nats ({row['train_bpc']:.3f} bpc), "
-            f"val {val_loss:.4f} nats ({row['val_bpc']:.3f} bpc), "
+            f"epoch {row['epoch']:.2f}: train {train_loss:.4f} nats ({row['train_bpc']:.3f} bpc),"
+            f" val {val_loss:.4f} nats ({row['val_bpc']:.3f} bpc), "
             f"{row['chars_per_sec']:,.0f} chars/s{'  *best' if improved else ''}"
         )
-        return improved
+        if not partial:  # epoch complete: the next one starts from zero state
+            state["epoch"] += 1
+            state["batch"] = 0
+            h = c = None
+        else:
+            h, c = np.asarray(h), np.asarray(c)
+        if improved:
+            checkpoint(ckpt_dir / "best.npz", h, c)
+            save_model_atomically()
+        checkpoint(ckpt_dir / "last.npz", h, c)
+        write_run_json("training")
 
+    eval_s = config.eval_minutes * 60 if config.eval_minutes else None
     interrupted = False
     out_of_time = False
     last_ckpt = time.monotonic()
+    h = c = None
     try:
         while state["epoch"] < config.epochs and not out_of_time:
             x_all, y_all = epoch_batches(train_ids, config, state["epoch"])
@@ -464,9 +499,6 @@ def train(
                 h, c = state["h"], state["c"]
             else:
                 h, c = zero_state(model_config, config.batch_size)
-            epoch_start_batch = state["batch"]
-            losses: list[float] = []
-            epoch_t0 = time.monotonic()
             progress = _progress(progress_bar, n_batches, state["epoch"] + 1)
             with progress:
                 task = progress.add_task("train", total=n_batches, completed=state["batch"])
@@ -479,35 +511,27 @@ def train(
                     if not config.stateful:
                         h, c = zero_state(model_config, config.batch_size)
                     loss, h, c = trainer.train_step(x_all[k], y_all[k], h, c)
-                    losses.append(float(loss))
+                    window["losses"].append(float(loss))
                     state["batch"] += 1
                     state["step"] += 1
                     state["chars_seen"] += chars_per_step
                     state["elapsed_s"] += time.monotonic() - t0
-                    progress.update(task, advance=1, description=f"loss {losses[-1]:.3f}")
-                    if time.monotonic() - last_ckpt > config.checkpoint_minutes * 60:
-                        checkpoint(ckpt_dir / "last.npz", np.asarray(h), np.asarray(c))
-                        last_ckpt = time.monotonic()
+                    progress.update(task, advance=1, description=f"loss {float(loss):.3f}")
                     if budget_s is not None and state["elapsed_s"] >= budget_s:
                         out_of_time = True
                         break
-            epoch_s = time.monotonic() - epoch_t0
-            epoch_chars = (state["batch"] - epoch_start_batch) * chars_per_step
-            partial = state["batch"] < n_batches
-            train_loss = float(np.mean(losses)) if losses else float("nan")
-            improved = validate_and_record(partial, train_loss, epoch_chars, epoch_s)
-            if not partial:
-                state["epoch"] += 1
-                state["batch"] = 0
-                h_save = c_save = None
-            else:
-                h_save, c_save = np.asarray(h), np.asarray(c)
-            if improved:
-                checkpoint(ckpt_dir / "best.npz", h_save, c_save)
-                save_model_atomically()
-            checkpoint(ckpt_dir / "last.npz", h_save, c_save)
+                    if (
+                        state["batch"] < n_batches
+                        and eval_s is not None
+                        and (state["elapsed_s"] - window["elapsed_s"] >= eval_s)
+                    ):
+                        record_point(True, h, c)
+                        last_ckpt = time.monotonic()
+                    elif time.monotonic() - last_ckpt > checkpoint_s:
+                        checkpoint(ckpt_dir / "last.npz", np.asarray(h), np.asarray(c))
+                        last_ckpt = time.monotonic()
+            record_point(state["batch"] < n_batches, h, c)
             last_ckpt = time.monotonic()
-            write_run_json("training")
             if config.sample_every_epoch and config.sample_length > 0:
                 sample = trainer.sample(
                     vocab, _sample_prompt(vocab), config.sample_length, state["step"]
@@ -515,7 +539,8 @@ def train(
                 log("sample: " + sample.replace("\n", "\n        "))
     except KeyboardInterrupt:
         interrupted = True
-        checkpoint(ckpt_dir / "last.npz", np.asarray(h), np.asarray(c))
+        if h is not None:
+            checkpoint(ckpt_dir / "last.npz", np.asarray(h), np.asarray(c))
         write_run_json("interrupted")
         log(f"interrupted; checkpoint saved. Continue with: toolkit train --resume {run_dir}")
 

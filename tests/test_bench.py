@@ -1,0 +1,51 @@
+"""Smoke test of the benchmark harness: schema and coverage, no speed assertions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toolkit.bench import RUNTIMES, BenchConfig, run_bench
+from toolkit.errors import UsageError
+
+
+def test_bench_smoke(tiny_run: Path, tiny_export: Path, tmp_path: Path) -> None:
+    config = BenchConfig(
+        batches=[1, 4],
+        threads=[1, 2],
+        steps=10,
+        rounds=2,
+        warmup=2,
+        prompt_chars=50,
+        cold_start_runs=1,
+        name="smoke",
+    )
+    report = run_bench(tiny_run, tiny_export, config, tmp_path, log=lambda _: None)
+    saved = json.loads((tmp_path / "smoke.json").read_text())
+    assert saved["name"] == "smoke"
+    assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "smoke.md").read_text()
+    for runtime in RUNTIMES:
+        assert f"| {runtime} |" in md
+        rows = [r for r in report["latency"] if r["runtime"] == runtime]
+        assert {r["batch"] for r in rows} == {1, 4}
+        for r in rows:
+            assert r["p50_us"] > 0 and r["p50_us"] <= r["p99_us"]
+            assert r["speedup_vs_predict"] > 0 and r["speedup_vs_call"] > 0
+        assert report["runtimes"][runtime]["bytes"] > 0
+    # Thread counts apply to onnx and tflite only; they are measured for each count.
+    assert {r["threads"] for r in report["latency"] if r["runtime"] == "onnx-fp32"} == {1, 2}
+    assert {r["threads"] for r in report["latency"] if r["runtime"] == "numpy"} == {None}
+    assert all("floor_ratio" in r for r in report["latency"] if r["batch"] == 1)
+    cold = report["runtimes"]["onnx-fp32"]["cold_start"]
+    assert cold["wall_s"] >= cold["first_char_s"] > 0 and cold["peak_rss_mb"] > 0
+    assert report["runtimes"]["onnx-int8"]["val_bpc"] > 0
+    assert report["machine"]["cores"] >= 1
+    assert report["targets"]["best_exported_batch1"] in RUNTIMES
+
+
+def test_bench_rejects_unknown_runtime() -> None:
+    with pytest.raises(UsageError, match="unknown runtime"):
+        BenchConfig(runtimes=["onnx-fp32", "pytorch"]).validate()

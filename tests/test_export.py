@@ -1,0 +1,172 @@
+"""Export: names and shapes read back from the runtimes, no loops, validation, safety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit.errors import ExportError, RunDirError, UsageError
+from toolkit.runtime.manifest import ARTIFACT_FILES, read_manifest, sha256_bytes
+
+ALL_FILES = sorted(ARTIFACT_FILES.values())
+
+
+def test_every_variant_exported_and_validated(tiny_export: Path, tiny_run: Path) -> None:
+    manifest = read_manifest(tiny_export)
+    assert manifest["vocab"] == json.loads((tiny_run / "vocab.json").read_text())
+    assert sorted(manifest["artifacts"]) == ALL_FILES
+    for name, entry in manifest["artifacts"].items():
+        data = (tiny_export / name).read_bytes()
+        assert entry["sha256"] == sha256_bytes(data)
+        assert entry["bytes"] == len(data)
+        validation = entry["validation"]
+        assert validation["passed"] is True
+        assert validation["steps"] >= 500
+        if entry["quantization"] == "none":
+            assert validation["max_abs_logit_diff"] <= 1e-4
+            assert validation["argmax_agreement"] == 1.0
+        else:
+            assert validation["bpc_ratio"] <= 1.02
+    assert manifest["inputs"]["h"]["shape"] == [1, None, 16]
+    assert manifest["source"]["best_val_loss"] is not None
+    assert "tf2onnx" in manifest["versions"]
+    assert not list(tiny_export.parent.glob(".export-*")), "staging folder left behind"
+
+
+def test_quantized_files_are_smaller(tiny_export: Path) -> None:
+    size = {p.name: p.stat().st_size for p in tiny_export.iterdir()}
+    assert size["model.int8.tflite"] < size["model.tflite"]
+    assert size["model.fp16.tflite"] < size["model.tflite"]
+    assert size["model.int8.onnx"] < size["model.onnx"]
+
+
+def test_onnx_signature_from_onnxruntime(tiny_export: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    for name in ("model.onnx", "model.int8.onnx"):
+        session = ort.InferenceSession(str(tiny_export / name), providers=["CPUExecutionProvider"])
+        inputs = {i.name: (i.type, i.shape) for i in session.get_inputs()}
+        outputs = {o.name: (o.type, o.shape) for o in session.get_outputs()}
+        assert inputs["token"][0] == "tensor(int32)" and len(inputs["token"][1]) == 1
+        assert isinstance(inputs["token"][1][0], str)  # dynamic batch
+        assert inputs["h"][1][0] == 1 and inputs["h"][1][2] == 16
+        assert outputs["logits"][0] == "tensor(float)"
+        assert outputs["logits"][1][1] == read_manifest(tiny_export)["model"]["vocab_size"]
+        assert set(outputs) == {"logits", "h_out", "c_out"}
+        ops = {node.op_type for node in onnx.load(str(tiny_export / name)).graph.node}
+        assert not ops & {"Loop", "Scan", "If"}, ops
+
+
+def test_tflite_signature_and_builtin_ops(tiny_export: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from toolkit.export import graph_op_types
+
+    for name in ("model.tflite", "model.fp16.tflite", "model.int8.tflite"):
+        interpreter = Interpreter(model_path=str(tiny_export / name))
+        assert list(interpreter.get_signature_list()) == ["serving_default"]
+        runner = interpreter.get_signature_runner("serving_default")
+        inputs = runner.get_input_details()
+        outputs = runner.get_output_details()
+        assert set(inputs) == {"token", "h", "c"}
+        assert set(outputs) == {"logits", "h_out", "c_out"}
+        assert list(inputs["h"]["shape_signature"]) == [1, -1, 16]  # resizable batch
+        assert inputs["token"]["dtype"] == np.int32
+        # Runs at batch 3 through the stock signature runner.
+        h = np.zeros((1, 3, 16), np.float32)
+        out = runner(token=np.array([0, 1, 2], np.int32), h=h, c=h)
+        assert out["logits"].shape == (3, read_manifest(tiny_export)["model"]["vocab_size"])
+        ops = graph_op_types("tflite", (tiny_export / name).read_bytes())
+        assert "WHILE" not in ops and "FLEX_DELEGATE" not in ops and "CUSTOM" not in ops, ops
+
+
+def test_independent_check_on_unseen_text(tiny_export: Path, tiny_run: Path) -> None:
+    """Step ONNX and TFLite over text validation never used; compare with Keras directly."""
+    import keras
+
+    from toolkit.data import Vocabulary
+    from toolkit.runtime.backends import OnnxBackend, TFLiteBackend
+
+    vocab = Vocabulary.load(tiny_run / "vocab.json")
+    text = (
+        "KING RICHARD III:\nNow is the winter of our discontent\nMade glorious summer by this sun of York;\n"
+        * 6
+    )
+    ids = vocab.encode("".join(ch for ch in text if ch in vocab.index))[:520].reshape(1, -1)
+    model = keras.models.load_model(tiny_run / "model.keras", compile=False)
+    zeros = np.zeros((1, 1, 16), np.float32)
+    reference = np.asarray(model({"tokens": ids, "h": zeros, "c": zeros})["logits"])[0]
+    for backend in (
+        OnnxBackend((tiny_export / "model.onnx").read_bytes()),
+        TFLiteBackend((tiny_export / "model.tflite").read_bytes()),
+    ):
+        h = np.zeros((1, 1, 16), np.float32)
+        c = np.zeros_like(h)
+        for t in range(ids.shape[1]):
+            logits, h, c = backend.step(ids[:, t].astype(np.int32), h, c)
+            np.testing.assert_allclose(logits[0], reference[t], atol=1e-4)
+            assert logits[0].argmax() == reference[t].argmax()
+
+
+def test_existing_target_needs_force_and_adding_formats(tiny_run: Path, tmp_path: Path) -> None:
+    from toolkit.export import export_run
+
+    out = tmp_path / "exp"
+    export_run(tiny_run, out, formats=["numpy"], log=lambda _: None)
+    export_run(tiny_run, out, formats=["onnx"], log=lambda _: None)  # adds to the manifest
+    assert sorted(read_manifest(out)["artifacts"]) == ["model.onnx", "weights.npz"]
+    before = (out / "model.onnx").read_bytes()
+    with pytest.raises(ExportError, match="--force"):
+        export_run(tiny_run, out, formats=["onnx"], log=lambda _: None)
+    assert (out / "model.onnx").read_bytes() == before
+    export_run(tiny_run, out, formats=["onnx"], force=True, validate=False, log=lambda _: None)
+    assert sorted(read_manifest(out)["artifacts"]) == ["model.onnx", "weights.npz"]
+
+
+def test_failed_validation_leaves_nothing(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    import toolkit.export as export
+
+    monkeypatch.setattr(export, "FP32_ATOL", -1.0)  # impossible tolerance: validation fails
+    out = tmp_path / "exp"
+    with pytest.raises(ExportError, match="validation failed"):
+        export.export_run(tiny_run, out, formats=["onnx"], log=lambda _: None)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("formats", "quantization", "message"),
+    [
+        (["onnx"], "float16", "onnx has no float16"),
+        (["numpy"], "int8", "numpy has no int8"),
+        (["coreml"], "none", "unknown format"),
+        (["tflite"], "int4", "unknown quantization"),
+    ],
+)
+def test_impossible_combinations(formats, quantization, message) -> None:
+    from toolkit.export import plan_artifacts
+
+    with pytest.raises(UsageError, match=message):
+        plan_artifacts(formats, quantization)
+
+
+def test_all_formats_with_one_quantization_picks_those_that_have_it() -> None:
+    from toolkit.export import plan_artifacts
+
+    assert plan_artifacts(["tflite", "onnx", "numpy"], "float16") == [("tflite", "float16")]
+    assert ("onnx", "int8") in plan_artifacts(["tflite", "onnx", "numpy"], "int8")
+
+
+def test_missing_or_incomplete_run_dir(tmp_path: Path) -> None:
+    from toolkit.export import export_run
+
+    with pytest.raises(RunDirError, match="not found"):
+        export_run(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "run.json").write_text("{}")
+    with pytest.raises(RunDirError, match="incomplete"):
+        export_run(tmp_path / "half", tmp_path / "out")

@@ -1,0 +1,289 @@
+"""The lightweight runtime: cross-runtime equality, no TensorFlow, errors, the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit.errors import ModelFileError, UsageError
+from toolkit.runtime import load
+
+RUNTIMES = ("onnx", "tflite", "numpy")
+
+
+@pytest.fixture(scope="module")
+def tf_blocker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder that, first on PYTHONPATH, makes `import tensorflow` (and friends) fail."""
+    root = tmp_path_factory.mktemp("blocker")
+    for name in ("tensorflow", "keras", "tf2onnx", "tf_keras"):
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text(
+            f"raise ImportError('{name} is blocked: the runtime must not import it')\n"
+        )
+    return root
+
+
+def run_cli(
+    args: list[str], env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_generate_without_tensorflow(tiny_export: Path, tf_blocker: Path) -> None:
+    texts = {}
+    pythonpath = os.pathsep.join([str(tf_blocker), os.environ.get("PYTHONPATH", "")])
+    for runtime in RUNTIMES:
+        proc = run_cli(
+            [
+                "generate",
+                str(tiny_export),
+                "--runtime",
+                runtime,
+                "--prompt",
+                "ROMEO:",
+                "--length",
+                "80",
+                "--temperature",
+                "0",
+                "--json",
+            ],
+            {"PYTHONPATH": pythonpath},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "blocked" not in proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["runtime"] == runtime
+        assert result["chars_per_sec"] > 0 and result["time_to_first_char_s"] > 0
+        texts[runtime] = result["texts"][0]
+    assert len(texts["onnx"]) == 80
+    assert texts["onnx"] == texts["tflite"] == texts["numpy"]
+    # And the blocker really blocks: importing TensorFlow fails under it.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import tensorflow"],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode != 0 and "blocked" in probe.stderr
+
+
+def test_runtimes_agree_with_keras(tiny_export: Path, tiny_run: Path) -> None:
+    greedy = {}
+    sampled = {}
+    for runtime, path in [*((r, tiny_export) for r in RUNTIMES), ("keras", tiny_run)]:
+        gen = load(path, runtime=runtime)
+        greedy[runtime] = gen.generate("ROMEO:", length=60, temperature=0).texts[0]
+        sampled[runtime] = gen.generate(
+            "JULIET:", length=60, temperature=0.9, top_k=20, top_p=0.95, seed=7, num_samples=2
+        ).texts
+    assert len(set(greedy.values())) == 1, greedy
+    assert all(v == sampled["keras"] for v in sampled.values()), sampled
+
+
+def test_quantized_variants_load_and_generate(tiny_export: Path) -> None:
+    for runtime, variant in [("tflite", "fp16"), ("tflite", "int8"), ("onnx", "int8")]:
+        result = load(tiny_export, runtime=runtime, variant=variant).generate(
+            "A", length=30, seed=1
+        )
+        assert len(result.texts[0]) == 30
+    with pytest.raises(ModelFileError, match="onnx supports: int8, none"):
+        load(tiny_export, runtime="onnx", variant="fp16")
+
+
+def test_batched_samples_are_one_batch(tiny_export: Path) -> None:
+    gen = load(tiny_export, runtime="onnx")
+    calls = []
+    step = gen.backend.step
+
+    def counting_step(token, h, c):
+        calls.append(token.shape[0])
+        return step(token, h, c)
+
+    gen.backend.step = counting_step  # type: ignore[method-assign]
+    result = gen.generate("AB", length=25, temperature=1.0, seed=3, num_samples=4)
+    assert len(result.texts) == 4 and all(len(t) == 25 for t in result.texts)
+    assert set(calls) == {4}  # every step carried all four samples
+    # Prompt steps + one step per generated character (the last one too, so that the state
+    # already includes it when a session continues).
+    assert len(calls) == 2 + 25
+    assert len(set(result.texts)) > 1  # independent samples
+
+
+def test_session_keeps_state(tiny_export: Path) -> None:
+    gen = load(tiny_export, runtime="numpy")
+    whole = gen.generate("ROMEO: hello", length=20, temperature=0).texts[0]
+    session = gen.session()
+    session.feed("ROMEO:")
+    session.feed(" hello")
+    assert session.sample(20, temperature=0)[0] == whole
+    more = session.sample(10, temperature=0)[0]
+    assert len(more) == 10
+
+
+def test_stop_string_and_empty_prompt(tiny_export: Path) -> None:
+    gen = load(tiny_export, runtime="numpy")
+    full = gen.generate("", length=200, temperature=0).texts[0]
+    assert len(full) == 200
+    stop = full[50:52]
+    cut = gen.generate("", length=200, temperature=0, stop=stop).texts[0]
+    assert cut == full[: full.index(stop)]
+
+
+def test_unknown_characters(tiny_export: Path) -> None:
+    gen = load(tiny_export, runtime="numpy")
+    with pytest.raises(UsageError, match="not in the model's vocabulary: '~', '日'"):
+        gen.generate("ROMEO~日", length=5)
+    skipped = gen.generate("ROMEO~日", length=5, temperature=0, unknown="skip").texts[0]
+    assert skipped == gen.generate("ROMEO", length=5, temperature=0).texts[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top-p"),
+        ({"top_p": 1.01}, "top-p"),
+        ({"top_k": -2}, "top-k"),
+        ({"length": -1}, "length"),
+        ({"num_samples": 0}, "num-samples"),
+    ],
+)
+def test_bad_parameters(tiny_export: Path, kwargs, message) -> None:
+    gen = load(tiny_export, runtime="numpy")
+    with pytest.raises(UsageError, match=message):
+        gen.generate("A", **kwargs)
+
+
+@pytest.fixture
+def model_copy(tiny_export: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(tiny_export, dst)
+    return dst
+
+
+def test_checksum_mismatch_is_refused(model_copy: Path) -> None:
+    path = model_copy / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="checksum"):
+        load(model_copy, runtime="onnx")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "file"),
+    [("onnx", "model.onnx"), ("tflite", "model.tflite"), ("numpy", "weights.npz")],
+)
+def test_truncated_file_with_matching_manifest(model_copy: Path, runtime: str, file: str) -> None:
+    """A truncated file whose checksum was (wrongly) updated still fails with one clear line."""
+    from toolkit.runtime.manifest import sha256_bytes
+
+    path = model_copy / file
+    data = path.read_bytes()[: len(path.read_bytes()) // 3]
+    path.write_bytes(data)
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest["artifacts"][file]["sha256"] = sha256_bytes(data)
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError):
+        load(model_copy, runtime=runtime).generate("A", length=3)
+
+
+def test_unknown_manifest_version_and_missing_dir(model_copy: Path, tmp_path: Path) -> None:
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="format version 99"):
+        load(model_copy, runtime="onnx")
+    with pytest.raises(ModelFileError, match="not found"):
+        load(tmp_path / "nowhere", runtime="onnx")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--temperature", "-1"],
+        ["--top-p", "0"],
+        ["--top-k", "-3"],
+        ["--length", "-5"],
+        ["--runtime", "coreml"],
+        ["--variant", "int4"],
+        ["--prompt", "ROMEO~"],
+    ],
+)
+def test_cli_errors_are_one_line(tiny_export: Path, tf_blocker: Path, args: list[str]) -> None:
+    pythonpath = os.pathsep.join([str(tf_blocker), os.environ.get("PYTHONPATH", "")])
+    proc = run_cli(["generate", str(tiny_export), *args], {"PYTHONPATH": pythonpath})
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+
+
+def test_cli_corrupted_model_and_missing_default(tiny_export: Path, tmp_path: Path) -> None:
+    proc = run_cli(["generate", str(tmp_path / "missing")])
+    assert proc.returncode != 0 and proc.stderr.strip().startswith("error: model directory")
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from toolkit.runtime.generator import default_model_dir as d; "
+            "import toolkit.runtime.generator as g; g.Path.cwd; print(d('onnx'))",
+        ],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+    )
+    # Either the repository's committed model is found, or the message names the two commands.
+    assert proc.returncode == 0 or "toolkit train" in proc.stderr
+
+
+def test_generate_streams_prompt_and_text(tiny_export: Path) -> None:
+    proc = run_cli(
+        [
+            "generate",
+            str(tiny_export),
+            "--runtime",
+            "numpy",
+            "--prompt",
+            "ROMEO:",
+            "--length",
+            "40",
+            "--seed",
+            "5",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ROMEO:")
+    assert len(proc.stdout.rstrip("\n")) >= len("ROMEO:") + 30
+    again = run_cli(
+        [
+            "generate",
+            str(tiny_export),
+            "--runtime",
+            "tflite",
+            "--prompt",
+            "ROMEO:",
+            "--length",
+            "40",
+            "--seed",
+            "5",
+        ]
+    )
+    assert again.stdout == proc.stdout
+    np.testing.assert_equal(again.returncode, 0)

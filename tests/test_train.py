@@ -1,0 +1,173 @@
+"""Training: run directory contents, determinism of the batches, resume, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit.config import TrainConfig, preset
+from toolkit.errors import DataError, RunDirError, UsageError
+from toolkit.train import check_run_dir, epoch_batches, learning_rate_at, resolve_resume_config
+
+
+def test_tiny_run_directory_is_complete(tiny_run: Path) -> None:
+    info = check_run_dir(tiny_run)
+    assert info["status"] == "finished"
+    assert info["model"]["units"] == 16
+    for name in ("config.json", "vocab.json", "model.keras", "metrics.jsonl", "run.json"):
+        assert (tiny_run / name).stat().st_size > 0
+    assert (tiny_run / "checkpoints" / "best.npz").exists()
+    assert (tiny_run / "checkpoints" / "last.npz").exists()
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1.0, 2.0]  # epochs completed at each record
+    for row in rows:
+        assert row["val_bpc"] == pytest.approx(row["val_loss"] / np.log(2), rel=1e-3)
+    # Two epochs of a tiny model still learn something: below uniform over the vocabulary.
+    assert rows[-1]["val_loss"] < np.log(info["vocab_size"])
+    assert info["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in rows), abs=1e-4)
+    assert not list(tiny_run.glob("*.tmp*")), "temporary files left behind"
+
+
+def test_stateful_batches_are_contiguous_streams() -> None:
+    ids = np.arange(10_000, dtype=np.int32)
+    cfg = dataclasses.replace(preset("tiny"), batch_size=4, seq_length=10)
+    x, y = epoch_batches(ids, cfg, epoch=3)
+    assert x.shape[1:] == (4, 10)
+    np.testing.assert_array_equal(y, x + 1)  # next-character targets at every position
+    # Batch k+1 continues batch k in every stream: the carried state sees contiguous text.
+    np.testing.assert_array_equal(x[1][:, 0], x[0][:, -1] + 1)
+    x2, _ = epoch_batches(ids, cfg, epoch=3)
+    np.testing.assert_array_equal(x, x2)  # same seed and epoch: same batches
+    starts = {int(epoch_batches(ids, cfg, epoch=e)[0][0, 0, 0]) for e in range(8)}
+    assert len(starts) > 1  # a fresh random offset each epoch moves the window borders
+
+
+def test_non_stateful_batches_shuffle_windows() -> None:
+    ids = np.arange(5_000, dtype=np.int32)
+    cfg = dataclasses.replace(preset("tiny"), batch_size=4, seq_length=10, stateful=False)
+    x, y = epoch_batches(ids, cfg, epoch=0)
+    np.testing.assert_array_equal(y, x + 1)
+    assert not np.all(np.diff(x[:, 0, 0]) > 0)
+
+
+def test_learning_rate_schedule() -> None:
+    cfg = TrainConfig(learning_rate=1e-2, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate_at(cfg, 0, 0.0) == pytest.approx(1e-3)
+    assert learning_rate_at(cfg, 9, 0.0) == pytest.approx(1e-2)
+    assert learning_rate_at(cfg, 100, 0.5) == pytest.approx(1e-2 * 0.55)
+    assert learning_rate_at(cfg, 100, 1.0) == pytest.approx(1e-3)
+
+
+def test_resume_rejects_incompatible_config() -> None:
+    saved = preset("tiny")
+    with pytest.raises(RunDirError, match="units=32"):
+        resolve_resume_config(saved, {"units": 32})
+    resumed = resolve_resume_config(saved, {"units": 16, "epochs": 5, "max_minutes": 2.0})
+    assert resumed.epochs == 5 and resumed.max_minutes == 2.0
+
+
+def test_invalid_config_values() -> None:
+    with pytest.raises(UsageError, match="batch-size"):
+        dataclasses.replace(preset("tiny"), batch_size=0).validate()
+    with pytest.raises(UsageError, match="unknown preset"):
+        preset("huge")
+
+
+def test_existing_run_dir_and_short_corpus(tiny_run: Path, tmp_path: Path, tiny_config) -> None:
+    from toolkit.train import train
+
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")}
+    with pytest.raises(RunDirError, match="already exists"):
+        train(tiny_config, tiny_run, data=None, log=lambda _: None, progress_bar=False)
+    assert before == {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")}
+    short = tmp_path / "short.txt"
+    short.write_text("To be or not to be.")
+    with pytest.raises(DataError, match="too short"):
+        train(tiny_config, tmp_path / "run", data=short, log=lambda _: None, progress_bar=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_seed_gives_same_result(small_corpus: Path, tmp_path: Path) -> None:
+    from toolkit.train import train
+
+    cfg = dataclasses.replace(preset("tiny"), epochs=1, sample_every_epoch=False)
+    a = train(cfg, tmp_path / "a", data=small_corpus, log=lambda _: None, progress_bar=False)
+    b = train(cfg, tmp_path / "b", data=small_corpus, log=lambda _: None, progress_bar=False)
+    assert a.best_val_loss == b.best_val_loss
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(tmp_path: Path, small_corpus: Path) -> None:
+    """kill -9 mid-epoch, then --resume continues from the last checkpoint, not from zero."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "toolkit",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(small_corpus),
+        "--out",
+        str(run_dir),
+        "--epochs",
+        "400",
+        "--no-sample",
+        "--no-progress",
+    ]
+    env = {**os.environ, "TOOLKIT_CHECKPOINT_SECONDS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = run_dir / "checkpoints" / "last.npz"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if last.exists() and json.loads((run_dir / "run.json").read_text())["steps"] > 0:
+            break
+        time.sleep(0.2)
+    time.sleep(1.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), proc.stdout.read().decode() if proc.stdout else ""
+    with np.load(last) as blob:
+        saved = json.loads(bytes(blob["progress"]).decode())
+    assert saved["step"] > 0
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "train",
+            "--resume",
+            str(run_dir),
+            "--epochs",
+            str(saved["epoch"] + 1),
+            "--no-sample",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"step {saved['step']}" in resumed.stdout  # picked up where the checkpoint was
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished"
+    assert info["steps"] > saved["step"]
+    # Incompatible resume: one line, non-zero, nothing changed.
+    bad = subprocess.run(
+        [sys.executable, "-m", "toolkit", "train", "--resume", str(run_dir), "--units", "99"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0
+    assert "incompatible" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,600 @@
+"""`toolkit bench`: latency, size and quality of every runtime against the Keras model.
+
+All runtimes are measured side by side in one process, in interleaved rounds (order shuffled
+each round) after a warm-up, so that machine drift hits every runtime alike. Reports medians
+and ratios, never single timings. Cold start and peak memory come from fresh subprocesses.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.data import atomic_write_bytes, atomic_write_text
+from toolkit.errors import UsageError
+from toolkit.runtime.manifest import read_manifest
+
+# name -> (kind, format, quantization). Order is the order of the report.
+RUNTIMES: dict[str, tuple[str, str, str]] = {
+    "keras-predict": ("keras", "predict", "none"),
+    "keras-call": ("keras", "call", "none"),
+    "tf-function": ("keras", "tf.function", "none"),
+    "tflite-fp32": ("exported", "tflite", "none"),
+    "tflite-fp16": ("exported", "tflite", "float16"),
+    "tflite-int8": ("exported", "tflite", "int8"),
+    "onnx-fp32": ("exported", "onnx", "none"),
+    "onnx-int8": ("exported", "onnx", "int8"),
+    "numpy": ("exported", "numpy", "none"),
+}
+GENERATE_RUNTIME = {  # runtime name -> (generate --runtime, --variant)
+    "keras-call": ("keras", "fp32"),
+    "tflite-fp32": ("tflite", "fp32"),
+    "tflite-fp16": ("tflite", "fp16"),
+    "tflite-int8": ("tflite", "int8"),
+    "onnx-fp32": ("onnx", "fp32"),
+    "onnx-int8": ("onnx", "int8"),
+    "numpy": ("numpy", "fp32"),
+}
+THREADED = {"tflite", "onnx"}
+StepFn = Callable[[], Any]
+
+
+@dataclass
+class BenchConfig:
+    runtimes: list[str] = field(default_factory=lambda: list(RUNTIMES))
+    batches: list[int] = field(default_factory=lambda: [1, 32])
+    threads: list[int] = field(default_factory=lambda: [1, 2])
+    steps: int = 300  # timed steps per runtime and configuration, split over the rounds
+    rounds: int = 5
+    warmup: int = 20
+    prompt_chars: int = 1000
+    cold_start_runs: int = 3
+    cold_start: bool = True
+    name: str = "bench"
+
+    def validate(self) -> None:
+        unknown = [r for r in self.runtimes if r not in RUNTIMES]
+        if unknown:
+            raise UsageError(
+                f"unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}"
+            )
+        if not self.batches or min(self.batches) < 1:
+            raise UsageError("batch sizes must be >= 1")
+        if not self.threads or min(self.threads) < 1:
+            raise UsageError("thread counts must be >= 1")
+        if self.steps < self.rounds or self.rounds < 1:
+            raise UsageError("steps must be >= rounds >= 1")
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    a = np.asarray(samples_s) * 1e6
+    return {
+        "p50_us": float(np.percentile(a, 50)),
+        "p90_us": float(np.percentile(a, 90)),
+        "p99_us": float(np.percentile(a, 99)),
+        "mean_us": float(a.mean()),
+        "n": len(a),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for dist in ("tensorflow", "keras", "onnxruntime", "ai-edge-litert", "numpy", "tf2onnx"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "env": {
+            k: os.environ.get(k)
+            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
+            if os.environ.get(k)
+        },
+    }
+
+
+# --------------------------------------------------------------------------- step makers
+
+
+class StepFactory:
+    """Builds one zero-argument step closure per (runtime, batch, threads), inputs bound."""
+
+    def __init__(self, run_dir: Path, model_dir: Path) -> None:
+        from toolkit.export import load_keras_run, make_step_module
+        from toolkit.model import lstm_weights
+        from toolkit.runtime.backends import fold_weights
+
+        self.run_dir = run_dir
+        self.model_dir = model_dir
+        self.manifest = read_manifest(model_dir)
+        self.model, self.config, self.vocab, self.info = load_keras_run(run_dir)
+        self.folded = fold_weights(lstm_weights(self.model, self.config), self.config.layers)
+        self.module = make_step_module(self.folded, self.config)
+
+    def make(self, runtime: str, batch: int, threads: int) -> StepFn:
+        kind, fmt, quant = RUNTIMES[runtime]
+        cfg = self.config
+        token = np.arange(batch, dtype=np.int32) % cfg.vocab_size
+        h = np.zeros((cfg.layers, batch, cfg.units), np.float32)
+        if kind == "keras":
+            return self._keras_step(fmt, token, h)
+        from toolkit.runtime.backends import load_backend
+
+        backend = load_backend(
+            self.model_dir, self.manifest, fmt, quant, threads if fmt in THREADED else 1
+        )
+        step = backend.step
+        return lambda: step(token, h, h)
+
+    def _keras_step(self, how: str, token: np.ndarray, h: np.ndarray) -> StepFn:
+        import tensorflow as tf
+
+        if how == "tf.function":
+            module = self.module
+            t, hh = tf.constant(token), tf.constant(h)
+            return lambda: module.step(t, hh, hh)
+        inputs = {
+            "tokens": token.reshape(-1, 1),
+            "h": np.ascontiguousarray(h.transpose(1, 0, 2)),
+            "c": np.ascontiguousarray(h.transpose(1, 0, 2)),
+        }
+        model = self.model
+        if how == "predict":
+            return lambda: model.predict(inputs, verbose=0, batch_size=len(token))
+        return lambda: model(inputs, training=False)
+
+    def weight_bytes(self) -> int:
+        """fp32 bytes a batch-1 step must read: every matrix but the gathered table row."""
+        total = 0
+        for name, w in self.folded.items():
+            total += w[:1].nbytes if name == "table_0" else w.nbytes
+        return total
+
+
+def gemv_floor(nbytes: int, repeats: int = 200) -> dict[str, float]:
+    """Median time of one numpy matrix-vector product over `nbytes` of fp32 weights."""
+    cols = 1024
+    rows = max(1, nbytes // 4 // cols)
+    matrix = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
+    vector = np.ones(rows, np.float32)
+    for _ in range(10):
+        vector @ matrix
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        vector @ matrix
+        times.append(time.perf_counter() - t0)
+    return {"bytes": int(matrix.nbytes), "p50_us": float(np.median(times) * 1e6)}
+
+
+def measure_interleaved(
+    steps: dict[str, StepFn], config: BenchConfig, budget_scale: dict[str, float]
+) -> dict[str, list[float]]:
+    """Per-step times for every step function, measured in shuffled interleaved rounds."""
+    rng = np.random.default_rng(0)
+    per_round = {
+        name: max(1, int(config.steps * budget_scale.get(name, 1.0)) // config.rounds)
+        for name in steps
+    }
+    for name, fn in steps.items():
+        for _ in range(max(1, int(config.warmup * budget_scale.get(name, 1.0)))):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for _ in range(config.rounds):
+        for name in rng.permutation(names):
+            fn = steps[str(name)]
+            out = samples[str(name)]
+            for _ in range(per_round[str(name)]):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+    return samples
+
+
+def cold_start(model_arg: Path, runtime: str, variant: str, runs: int) -> dict[str, Any]:
+    """Wall time and peak RSS (os.wait4 on the child) of fresh `toolkit generate` processes.
+
+    Process start to first character = wall time minus the generation after the first one.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "toolkit",
+        "generate",
+        str(model_arg),
+        "--runtime",
+        runtime,
+        "--variant",
+        variant,
+        "--length",
+        "100",
+        "--temperature",
+        "0",
+        "--json",
+    ]
+    walls, rss, first = [], [], []
+    for _ in range(runs):
+        with tempfile.TemporaryFile() as out_file:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                return {"error": f"exit {proc.returncode}"}
+            out_file.seek(0)
+            result = json.loads(out_file.read())
+        walls.append(wall)
+        rss.append(usage.ru_maxrss / 1024)  # Linux: KiB
+        first.append(wall - (result["elapsed_s"] - result["time_to_first_char_s"]))
+    return {
+        "wall_s": statistics.median(walls),
+        "first_char_s": statistics.median(first),
+        "peak_rss_mb": statistics.median(rss),
+        "runs": runs,
+    }
+
+
+def time_to_first_char(factory: StepFactory, runtime: str, prompt: str) -> float | None:
+    """Seconds from a 1,000-character prompt to the first sampled character (state warm-up)."""
+    if runtime not in GENERATE_RUNTIME:
+        return None
+    from toolkit.keras_runtime import KerasBackend
+    from toolkit.runtime.generator import Generator, load
+
+    rt, variant = GENERATE_RUNTIME[runtime]
+    if rt == "keras":
+        m = factory.manifest["model"]
+        gen = Generator(
+            KerasBackend(factory.model),
+            factory.manifest["vocab"],
+            m["layers"],
+            m["units"],
+            rt,
+            variant,
+        )
+    else:
+        gen = load(factory.model_dir, runtime=rt, variant=variant)
+    gen.generate(prompt[:20], length=1, unknown="skip")  # warm-up
+    return gen.generate(prompt, length=1, temperature=0, unknown="skip").time_to_first_char_s
+
+
+def run_bench(
+    run_dir: Path,
+    model_dir: Path | None,
+    config: BenchConfig,
+    out_dir: Path = Path("benchmarks/reports"),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    config.validate()
+    run_dir = Path(run_dir)
+    model_dir = Path(model_dir) if model_dir else Path("exported") / run_dir.resolve().name
+    needs = {RUNTIMES[r][1:] for r in config.runtimes if RUNTIMES[r][0] == "exported"}
+    tmp_export = None
+    if not _has_all(model_dir, needs):
+        from toolkit.export import export_run
+
+        tmp_export = Path(tempfile.mkdtemp(prefix="bench-export-")) / run_dir.resolve().name
+        log(f"exporting every variant to {tmp_export} (no complete export at {model_dir})")
+        export_run(run_dir, tmp_export, quantization="all", log=log)
+        model_dir = tmp_export
+
+    factory = StepFactory(run_dir, model_dir)
+    manifest = factory.manifest
+    floor = gemv_floor(factory.weight_bytes())
+    log(f"matrix-vector floor over {floor['bytes'] / 1e6:.2f} MB: {floor['p50_us']:.1f} us")
+
+    # Keras predict is ~1000x slower than the rest: give it fewer steps, same rounds.
+    scale = {"keras-predict": 0.1, "keras-call": 0.3}
+    latency: list[dict[str, Any]] = []
+    for batch in config.batches:
+        for threads in config.threads:
+            steps: dict[str, StepFn] = {}
+            for runtime in config.runtimes:
+                fmt = RUNTIMES[runtime][1]
+                if threads != config.threads[0] and fmt not in THREADED:
+                    continue  # thread count does not apply: measured once
+                steps[runtime] = factory.make(runtime, batch, threads)
+            log(f"measuring batch {batch}, threads {threads}: {', '.join(steps)}")
+            samples = measure_interleaved(steps, config, scale)
+            for runtime, times in samples.items():
+                fmt = RUNTIMES[runtime][1]
+                stats = percentiles(times)
+                latency.append(
+                    {
+                        "runtime": runtime,
+                        "batch": batch,
+                        "threads": threads if fmt in THREADED else None,
+                        **stats,
+                        "chars_per_sec": batch / (stats["p50_us"] / 1e6),
+                    }
+                )
+
+    # Speed-ups and floor ratios, per (batch, threads) row, against Keras on the same batch.
+    for row in latency:
+        same = [r for r in latency if r["batch"] == row["batch"]]
+        for ref in ("keras-predict", "keras-call"):
+            base = [r for r in same if r["runtime"] == ref]
+            if base:
+                row[f"speedup_vs_{ref.split('-')[1]}"] = base[0]["p50_us"] / row["p50_us"]
+        if row["batch"] == 1:
+            row["floor_ratio"] = row["p50_us"] / floor["p50_us"]
+
+    prompt = _prompt_text(factory, config.prompt_chars)
+    per_runtime: dict[str, dict[str, Any]] = {}
+    for runtime in config.runtimes:
+        kind, fmt, quant = RUNTIMES[runtime]
+        entry: dict[str, Any] = {}
+        if kind == "exported":
+            art = _artifact(manifest, fmt, quant)
+            entry["file"] = art[0]
+            entry["bytes"] = art[1]["bytes"]
+            validation = art[1].get("validation") or {}
+            entry["val_bpc"] = validation.get("exported_bpc")
+        else:
+            entry["file"] = "model.keras"
+            entry["bytes"] = (run_dir / "model.keras").stat().st_size
+            validation = (
+                next(
+                    (
+                        a.get("validation")
+                        for a in manifest["artifacts"].values()
+                        if a.get("validation")
+                    ),
+                    None,
+                )
+                or {}
+            )
+            entry["val_bpc"] = validation.get("keras_bpc")
+        entry["ttfc_1000_s"] = time_to_first_char(factory, runtime, prompt)
+        if config.cold_start and runtime in GENERATE_RUNTIME:
+            rt, variant = GENERATE_RUNTIME[runtime]
+            target = run_dir if rt == "keras" else model_dir
+            entry["cold_start"] = cold_start(target, rt, variant, config.cold_start_runs)
+        per_runtime[runtime] = entry
+        log(f"{runtime}: {json.dumps(entry)}")
+
+    report = {
+        "name": config.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["toolkit", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None,
+        "machine": machine_info(),
+        "model": {**manifest["model"], "source": manifest.get("source", {})},
+        "settings": {
+            "steps": config.steps,
+            "rounds": config.rounds,
+            "warmup": config.warmup,
+            "batches": config.batches,
+            "threads": config.threads,
+            "tensorflow_threads": "default (inter/intra-op chosen by TensorFlow)",
+            "numpy_threads": "default (BLAS)",
+        },
+        "floor": floor,
+        "latency": latency,
+        "runtimes": per_runtime,
+        "targets": _targets(latency, per_runtime),
+    }
+    write_report(report, out_dir)
+    return report
+
+
+def _has_all(model_dir: Path, needs: set[tuple[str, str]]) -> bool:
+    try:
+        manifest = read_manifest(model_dir)
+    except Exception:
+        return False
+    from toolkit.runtime.manifest import artifact_name
+
+    return all(artifact_name(f, q) in manifest["artifacts"] for f, q in needs)
+
+
+def _artifact(manifest: dict[str, Any], fmt: str, quant: str) -> tuple[str, dict[str, Any]]:
+    from toolkit.runtime.manifest import artifact_name
+
+    name = artifact_name(fmt, quant)
+    return name, manifest["artifacts"][name]
+
+
+def _prompt_text(factory: StepFactory, n: int) -> str:
+    from toolkit.data import load_corpus
+
+    text = load_corpus(Path(factory.info["data"]) if factory.info.get("data") else None)
+    tail = text[-max(n, 1) :]  # validation text: the tail of the corpus
+    return tail[:n]
+
+
+def _targets(latency: list[dict[str, Any]], per_runtime: dict[str, Any]) -> dict[str, Any]:
+    exported = [r for r in latency if RUNTIMES[r["runtime"]][0] == "exported" and r["batch"] == 1]
+    best = min(exported, key=lambda r: r["p50_us"]) if exported else None
+    fp32 = [r for r in exported if r["runtime"] in ("onnx-fp32", "tflite-fp32", "numpy")]
+    best_fp32 = min(fp32, key=lambda r: r["p50_us"]) if fp32 else None
+    colds = {
+        k: v["cold_start"]["first_char_s"]
+        for k, v in per_runtime.items()
+        if "cold_start" in v and "first_char_s" in v["cold_start"]
+    }
+    return {
+        "best_exported_batch1": best["runtime"] if best else None,
+        "speedup_vs_predict": best.get("speedup_vs_predict") if best else None,
+        "speedup_vs_call": best.get("speedup_vs_call") if best else None,
+        "best_fp32_batch1": best_fp32["runtime"] if best_fp32 else None,
+        "best_fp32_floor_ratio": best_fp32.get("floor_ratio") if best_fp32 else None,
+        "cold_start_first_char_s": colds,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = report["name"]
+    json_path = out_dir / f"{name}.json"
+    md_path = out_dir / f"{name}.md"
+    png_path = out_dir / f"{name}.png"
+    atomic_write_text(json_path, json.dumps(report, indent=2))
+    atomic_write_text(md_path, markdown_report(report))
+    atomic_write_bytes(png_path, chart_png(report))
+    return json_path, md_path, png_path
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    model = report["model"]
+    lines = [
+        f"# Benchmark `{report['name']}`",
+        "",
+        f"- Model: {model['layers']}x{model['units']} LSTM, embedding {model['embedding_dim']}, "
+        f"vocab {model['vocab_size']} (run `{model.get('source', {}).get('run_name')}`)",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
+        f"- Settings: {report['settings']['steps']} timed steps per runtime and configuration in "
+        f"{report['settings']['rounds']} interleaved rounds after {report['settings']['warmup']} "
+        "warm-up steps; medians. Keras predict and model(x) get fewer steps (they are slow).",
+        f"- Command: `{report.get('command') or 'toolkit bench'}`; created {report['created']}",
+        f"- Matrix-vector floor (numpy, {report['floor']['bytes'] / 1e6:.2f} MB fp32 weights): "
+        f"{report['floor']['p50_us']:.1f} µs",
+        "",
+        "## Per-step latency",
+        "",
+        "| runtime | batch | threads | p50 µs | p90 µs | p99 µs | chars/s | × predict | × model(x) | × floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["latency"]:
+        lines.append(
+            f"| {r['runtime']} | {r['batch']} | {_fmt(r['threads'])} | {r['p50_us']:.1f} | "
+            f"{r['p90_us']:.1f} | {r['p99_us']:.1f} | {r['chars_per_sec']:,.0f} | "
+            f"{_fmt(r.get('speedup_vs_predict'))} | {_fmt(r.get('speedup_vs_call'), '.2f')} | "
+            f"{_fmt(r.get('floor_ratio'), '.2f')} |"
+        )
+    lines += [
+        "",
+        "## Size, quality, start-up",
+        "",
+        "| runtime | file | size KiB | val bits/char | first char after 1,000-char prompt (s) | "
+        "cold start to first char (s) | cold start total (s) | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, e in report["runtimes"].items():
+        cold = e.get("cold_start") or {}
+        lines.append(
+            f"| {name} | {e['file']} | {e['bytes'] / 1024:.1f} | {_fmt(e.get('val_bpc'), '.4f')} | "
+            f"{_fmt(e.get('ttfc_1000_s'), '.3f')} | {_fmt(cold.get('first_char_s'), '.3f')} | "
+            f"{_fmt(cold.get('wall_s'), '.3f')} | {_fmt(cold.get('peak_rss_mb'), '.0f')} |"
+        )
+    t = report["targets"]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        f"- Best exported runtime at batch 1: **{t['best_exported_batch1']}**, "
+        f"{_fmt(t['speedup_vs_predict'])}× faster than `model.predict` (target ≥ 100×), "
+        f"{_fmt(t['speedup_vs_call'])}× faster than `model(x)` (target ≥ 10×).",
+        f"- Best fp32 runtime at batch 1: **{t['best_fp32_batch1']}**, "
+        f"{_fmt(t['best_fp32_floor_ratio'], '.2f')}× the matrix-vector floor.",
+        "- Cold start, process start to first character: "
+        + ", ".join(f"{k} {v:.3f} s" for k, v in t["cold_start_first_char_s"].items())
+        + " (target ≤ 0.5 s for onnx and tflite).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart_png(report: dict[str, Any]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [
+        r for r in report["latency"] if r["threads"] in (None, report["settings"]["threads"][0])
+    ]
+    batches = sorted({r["batch"] for r in rows})
+    runtimes = [r for r in RUNTIMES if any(x["runtime"] == r for x in rows)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.8 / max(1, len(batches))
+    x = np.arange(len(runtimes))
+    for i, batch in enumerate(batches):
+        vals = [
+            next((r["p50_us"] for r in rows if r["runtime"] == rt and r["batch"] == batch), np.nan)
+            for rt in runtimes
+        ]
+        ax1.bar(x + i * width, vals, width, label=f"batch {batch}")
+        ups = [
+            next(
+                (
+                    r.get("speedup_vs_predict", np.nan)
+                    for r in rows
+                    if r["runtime"] == rt and r["batch"] == batch
+                ),
+                np.nan,
+            )
+            for rt in runtimes
+        ]
+        ax2.bar(x + i * width, ups, width, label=f"batch {batch}")
+    ax1.axhline(
+        report["floor"]["p50_us"],
+        color="k",
+        linestyle="--",
+        linewidth=1,
+        label="GEMV floor (batch 1)",
+    )
+    for ax, title, ylabel in (
+        (ax1, "Per-step latency (p50, log scale)", "µs per step"),
+        (ax2, "Speed-up over Keras model.predict", "× faster"),
+    ):
+        ax.set_yscale("log")
+        ax.set_xticks(x + width * (len(batches) - 1) / 2)
+        ax.set_xticklabels(runtimes, rotation=35, ha="right")
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.grid(axis="y", which="both", alpha=0.3)
+    m = report["model"]
+    fig.suptitle(
+        f"{report['name']}: {m['layers']}x{m['units']} char-LSTM, threads {report['settings']['threads'][0]}"
+    )
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
