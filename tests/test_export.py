@@ -116,9 +116,11 @@ def test_existing_target_needs_force_and_adding_formats(tiny_run: Path, tmp_path
     from toolkit.export import export_run
 
     out = tmp_path / "exp"
-    export_run(tiny_run, out, formats=["numpy"], log=lambda _: None)
-    export_run(tiny_run, out, formats=["onnx"], log=lambda _: None)  # adds to the manifest
-    assert sorted(read_manifest(out)["artifacts"]) == ["model.onnx", "weights.npz"]
+    export_run(tiny_run, out, formats=["numpy"], log=lambda _: None, command="toolkit export a")
+    export_run(tiny_run, out, formats=["onnx"], log=lambda _: None, command="toolkit export b")
+    manifest = read_manifest(out)  # the second export added to the first
+    assert sorted(manifest["artifacts"]) == ["model.onnx", "weights.npz"]
+    assert manifest["source"]["commands"] == ["toolkit export a", "toolkit export b"]
     before = (out / "model.onnx").read_bytes()
     with pytest.raises(ExportError, match="--force"):
         export_run(tiny_run, out, formats=["onnx"], log=lambda _: None)

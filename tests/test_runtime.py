@@ -139,8 +139,14 @@ def test_stop_string_and_empty_prompt(tiny_export: Path) -> None:
     full = gen.generate("", length=200, temperature=0).texts[0]
     assert len(full) == 200
     stop = full[50:52]
-    cut = gen.generate("", length=200, temperature=0, stop=stop).texts[0]
+    streamed: list[str] = []
+    cut = gen.generate(
+        "", length=200, temperature=0, stop=stop, on_text=lambda _, s: streamed.append(s)
+    ).texts[0]
     assert cut == full[: full.index(stop)]
+    assert "".join(streamed) == cut  # the stream never shows part of the stop string
+    never = gen.generate("", length=50, temperature=0, stop="\x00never", on_text=lambda *_: None)
+    assert never.texts[0] == full[:50]
 
 
 def test_unknown_characters(tiny_export: Path) -> None:
@@ -233,24 +239,30 @@ def test_cli_errors_are_one_line(tiny_export: Path, tf_blocker: Path, args: list
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
 
 
-def test_cli_corrupted_model_and_missing_default(tiny_export: Path, tmp_path: Path) -> None:
+def test_cli_missing_model_dir(tmp_path: Path) -> None:
     proc = run_cli(["generate", str(tmp_path / "missing")])
     assert proc.returncode != 0 and proc.stderr.strip().startswith("error: model directory")
-    empty = tmp_path / "cwd"
-    empty.mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from toolkit.runtime.generator import default_model_dir as d; "
-            "import toolkit.runtime.generator as g; g.Path.cwd; print(d('onnx'))",
-        ],
-        cwd=empty,
-        capture_output=True,
-        text=True,
-    )
-    # Either the repository's committed model is found, or the message names the two commands.
-    assert proc.returncode == 0 or "toolkit train" in proc.stderr
+
+
+def test_missing_default_model_names_the_commands(tmp_path: Path, monkeypatch) -> None:
+    import toolkit.runtime.generator as generator
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(generator, "__file__", str(tmp_path / "a" / "b" / "generator.py"))
+    with pytest.raises(ModelFileError, match="toolkit train  then  toolkit export"):
+        generator.default_model_dir("onnx")
+    with pytest.raises(ModelFileError, match="toolkit train"):
+        load(None, runtime="keras")
+
+
+def test_auto_variant_picks_most_precise(tiny_export: Path, model_copy: Path) -> None:
+    assert load(tiny_export, runtime="tflite").variant == "fp32"
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    del manifest["artifacts"]["model.tflite"]
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert load(model_copy, runtime="tflite").variant == "fp16"
+    with pytest.raises(ModelFileError, match=r"no model\.tflite"):
+        load(model_copy, runtime="tflite", variant="fp32")
 
 
 def test_generate_streams_prompt_and_text(tiny_export: Path) -> None:

@@ -28,6 +28,13 @@ def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _command_line() -> str:
+    """The command as the user typed it (recorded in run.json and manifests)."""
+    import shlex
+
+    return "toolkit " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -100,6 +107,7 @@ def train(
         resume=resume is not None,
         force=force,
         overrides=overrides,
+        command=_command_line(),
         log=typer.echo,
         progress_bar=progress and sys.stderr.isatty(),
     )
@@ -168,6 +176,7 @@ def export(
         bpc_tolerance=bpc_tolerance,
         force=force,
         log=typer.echo,
+        command=_command_line(),
     )
     for art in artifacts:
         typer.echo(f"wrote {out_dir / art.file} ({art.bytes / 1024:.1f} KiB)")
@@ -183,7 +192,9 @@ def generate(
         typer.Argument(help="export folder (run directory for --runtime keras)"),
     ] = None,
     runtime: Annotated[str, typer.Option(help="onnx | tflite | numpy | keras")] = "onnx",
-    variant: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
+    variant: Annotated[
+        str, typer.Option(help="auto (most precise present) | fp32 | fp16 | int8")
+    ] = "auto",
     prompt: Annotated[str, typer.Option(help="text that warms up the state")] = "ROMEO:",
     length: Annotated[int, typer.Option(help="characters to generate")] = 500,
     temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.8,

@@ -96,25 +96,36 @@ PRESETS: dict[str, TrainConfig] = {
         sample_length=40,
         eval_minutes=None,
     ),
+    # 60 seconds: many small steps beat fewer large ones (64 x 32 gave 1,300 steps), and a
+    # high peak learning rate with cosine decay to the budget's end (1e-2 beat 3e-3 and 1.5e-2).
     "quick": TrainConfig(
         preset="quick",
         embedding_dim=32,
         units=256,
         layers=1,
-        seq_length=64,
-        batch_size=32,
-        learning_rate=4e-3,
+        seq_length=32,
+        batch_size=64,
+        learning_rate=1e-2,
+        warmup_steps=20,
         max_minutes=1.0,
         eval_minutes=0.25,
     ),
-    "default": TrainConfig(preset="default", max_minutes=10.0),
+    # Measured on 2 cores: 128 x 50 runs ~20k chars/s against ~14k for 64 x 100 (the LSTM's
+    # per-timestep cost grows slowly with batch), and the carried state makes 50 steps of
+    # back-propagation enough; light dropout before the output layer narrows the train/val gap.
+    "default": TrainConfig(
+        preset="default", batch_size=128, seq_length=50, dropout=0.1, max_minutes=10.0
+    ),
     "best": TrainConfig(
         preset="best",
         embedding_dim=64,
         units=512,
         layers=2,
-        dropout=0.1,
+        dropout=0.2,
+        seq_length=50,
+        batch_size=128,
         max_minutes=30.0,
+        eval_minutes=2.0,
     ),
     "seed": TrainConfig(
         preset="seed",

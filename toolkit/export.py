@@ -432,6 +432,7 @@ def export_run(
     bpc_tolerance: float = 0.02,
     force: bool = False,
     log: Any = print,
+    command: str | None = None,
 ) -> tuple[Path, list[ExportedArtifact]]:
     """Export `run_dir` into `out_dir` (default exported/<run name>), adding to a manifest."""
     formats = formats or list(FORMATS)
@@ -510,6 +511,8 @@ def export_run(
             artifacts.append(ExportedArtifact(name, fmt, quant, len(data), result))
 
         manifest = _build_manifest(manifest, config, vocab, info, run_dir, artifacts, staging)
+        if command:
+            manifest["source"]["commands"].append(command)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         _commit(staging, out_dir, [a.file for a in artifacts])
     finally:
@@ -586,7 +589,8 @@ def _build_manifest(
             "best_val_loss": info.get("best_val_loss"),
             "best_val_bpc": info.get("best_val_bpc"),
             "steps": info.get("steps"),
-            "command": previous.get("source", {}).get("command"),
+            "train_command": info.get("command"),
+            "commands": list(previous.get("source", {}).get("commands", [])),
         },
         "versions": _library_versions(),
     }

@@ -319,6 +319,7 @@ def train(
     overrides: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     progress_bar: bool = True,
+    command: str | None = None,
 ) -> TrainResult:
     """Train (or resume) a run. Every file in the run directory is written atomically."""
     overrides = overrides or {}
@@ -368,7 +369,9 @@ def train(
         "h": None,
         "c": None,
     }
+    previous_command = None
     if resume:
+        previous_command = json.loads((run_dir / "run.json").read_text()).get("command")
         last = ckpt_dir / "last.npz"
         if not last.exists():
             raise RunDirError(f"nothing to resume in {run_dir}: no checkpoints/last.npz")
@@ -387,6 +390,7 @@ def train(
             "vocab_size": len(vocab),
             "model": dataclasses.asdict(model_config),
             "preset": config.preset,
+            "command": command if not resume else previous_command or command,
             "epochs_done": state["epoch"] + state["batch"] / max(1, n_batches),
             "steps": state["step"],
             "elapsed_s": round(state["elapsed_s"], 2),

@@ -16,7 +16,7 @@ import numpy as np
 
 from toolkit.errors import ModelFileError, UsageError
 from toolkit.runtime.backends import StepBackend, load_backend
-from toolkit.runtime.manifest import VARIANTS, read_manifest
+from toolkit.runtime.manifest import VARIANTS, read_manifest, resolve_variant
 from toolkit.runtime.sampling import check_sampling_args, sample_next
 
 RUNTIMES = ("onnx", "tflite", "numpy", "keras")
@@ -93,6 +93,7 @@ class Session:
             self.feed(self.generator.start_text)
         chars = self.generator.chars
         out: list[list[str]] = [[] for _ in range(self.batch)]
+        streamed = [0] * self.batch  # characters of each row already passed to on_text
         done = np.zeros(self.batch, dtype=bool)
         for _ in range(length):
             assert self.logits is not None
@@ -104,12 +105,31 @@ class Session:
                 if stop and "".join(out[row][-len(stop) :]) == stop:
                     done[row] = True
                     del out[row][-len(stop) :]
-                elif on_text is not None:
-                    on_text(row, chars[token])
+                if on_text is not None:
+                    # Hold back a tail that could still turn out to be the start of `stop`,
+                    # so that what was streamed always equals the returned text.
+                    safe = len(out[row]) if done[row] else _safe_length(out[row], stop)
+                    if safe > streamed[row]:
+                        on_text(row, "".join(out[row][streamed[row] : safe]))
+                        streamed[row] = safe
             if done.all():
                 break
             self._step(tokens)
+        if on_text is not None:
+            for row in range(self.batch):
+                if len(out[row]) > streamed[row]:
+                    on_text(row, "".join(out[row][streamed[row] :]))
         return ["".join(row) for row in out]
+
+
+def _safe_length(chars: list[str], stop: str | None) -> int:
+    """How many leading characters cannot be part of a `stop` match still in progress."""
+    if not stop:
+        return len(chars)
+    for keep in range(min(len(stop) - 1, len(chars)), 0, -1):
+        if "".join(chars[-keep:]) == stop[:keep]:
+            return len(chars) - keep
+    return len(chars)
 
 
 class Generator:
@@ -214,24 +234,25 @@ def default_model_dir(runtime: str = "onnx") -> Path:
 def load(
     model_dir: str | Path | None = None,
     runtime: str = "onnx",
-    variant: str = "fp32",
+    variant: str = "auto",
     threads: int = 1,
 ) -> Generator:
     """Load an exported model folder (or, for runtime='keras', a run directory)."""
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    if variant not in VARIANTS:
-        raise UsageError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    if variant not in (*VARIANTS, "auto"):
+        raise UsageError(f"unknown variant {variant!r}; choose from auto, {', '.join(VARIANTS)}")
     if threads < 1:
         raise UsageError(f"threads must be >= 1, got {threads}")
     path = Path(model_dir) if model_dir is not None else default_model_dir(runtime)
     if runtime == "keras":
-        if variant != "fp32":
+        if variant not in ("fp32", "auto"):
             raise UsageError("the keras runtime has only the fp32 variant")
         from toolkit.keras_runtime import load_keras_generator  # imports TensorFlow
 
-        return load_keras_generator(path)
+        return load_keras_generator(path)  # variant: fp32
     manifest = read_manifest(path)
+    variant = resolve_variant(manifest, runtime, variant)
     backend = load_backend(path, manifest, runtime, VARIANTS[variant], threads)
     model = manifest["model"]
     return Generator(

@@ -27,6 +27,20 @@ ARTIFACT_FILES: dict[tuple[str, str], str] = {
 VARIANTS = {"fp32": "none", "fp16": "float16", "int8": "int8"}
 
 
+def resolve_variant(manifest: dict[str, Any], fmt: str, variant: str) -> str:
+    """'auto' picks the most precise variant of `fmt` present in the folder (fp32 first)."""
+    if variant != "auto":
+        return variant
+    for name, quantization in VARIANTS.items():
+        if ARTIFACT_FILES.get((fmt, quantization)) in manifest["artifacts"]:
+            return name
+    have = ", ".join(sorted(manifest["artifacts"])) or "none"
+    raise ModelFileError(
+        f"this model folder has no {fmt} model (has: {have}); "
+        f"create one with: toolkit export RUN_DIR --format {fmt}"
+    )
+
+
 def artifact_name(fmt: str, quantization: str) -> str:
     try:
         return ARTIFACT_FILES[(fmt, quantization)]

@@ -1,0 +1,54 @@
+"""The ready-to-use model committed under exported/shakespeare/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toolkit.runtime import load
+from toolkit.runtime.manifest import read_manifest, sha256_bytes
+
+MODEL = Path(__file__).resolve().parents[1] / "exported" / "shakespeare"
+
+
+def test_manifest_and_checksums() -> None:
+    manifest = read_manifest(MODEL)
+    files = manifest["artifacts"]
+    assert {"model.onnx", "model.int8.tflite"} <= set(files)
+    total = 0
+    for name, entry in files.items():
+        data = (MODEL / name).read_bytes()
+        assert sha256_bytes(data) == entry["sha256"], name
+        assert entry["validation"]["passed"] is True
+        total += len(data)
+    assert total <= 10 * 1024 * 1024
+    assert manifest["model"]["units"] == 512
+    assert manifest["source"]["best_val_loss"] < 1.6
+    assert manifest["source"]["train_command"].startswith("toolkit train")
+    assert all(c.startswith("toolkit export") for c in manifest["source"]["commands"])
+    assert json.loads((MODEL / "manifest.json").read_text())["vocab"][0] == "\n"
+
+
+def test_greedy_text_agrees_between_onnx_and_tflite() -> None:
+    onnx = load(MODEL, runtime="onnx").generate("ROMEO:", length=300, temperature=0).texts[0]
+    tflite = load(MODEL, runtime="tflite").generate("ROMEO:", length=300, temperature=0).texts[0]
+    assert onnx == tflite
+    assert len(set(onnx)) > 10  # a trained model writes varied text, not one repeated char
+
+
+@pytest.mark.parametrize("variant", ["int8"])
+def test_quantized_tflite_generates(variant: str) -> None:
+    gen = load(MODEL, runtime="tflite", variant=variant)
+    text = gen.generate("JULIET:", length=200, temperature=0.8, seed=1).texts[0]
+    assert len(text) == 200
+
+
+def test_default_model_is_the_committed_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from toolkit.runtime.generator import default_model_dir
+
+    monkeypatch.chdir(tmp_path)  # not the repository: falls back to the package's checkout
+    assert default_model_dir("onnx") == MODEL
