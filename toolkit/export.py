@@ -38,6 +38,7 @@ from toolkit.runtime.backends import (
     OnnxBackend,
     StepBackend,
     TFLiteBackend,
+    first_line,
     fold_weights,
 )
 from toolkit.runtime.manifest import (
@@ -225,7 +226,7 @@ def convert_tflite(module: Any, quantization: str) -> bytes:
     try:
         return bytes(converter.convert())
     except Exception as exc:
-        raise ExportError(f"TFLite conversion failed: {_first_line(exc)}") from None
+        raise ExportError(f"TFLite conversion failed: {first_line(exc)}") from None
 
 
 def convert_numpy(folded: dict[str, np.ndarray]) -> bytes:
@@ -603,8 +604,3 @@ def _commit(staging: Path, out_dir: Path, files: list[str]) -> None:
         os.replace(staging / name, out_dir / name)
     manifest_text = (staging / MANIFEST_NAME).read_text()
     atomic_write_text(out_dir / MANIFEST_NAME, manifest_text)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

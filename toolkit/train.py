@@ -491,6 +491,8 @@ def train(
         checkpoint(ckpt_dir / "last.npz", h, c)
         write_run_json("training")
 
+    import tensorflow as tf
+
     eval_s = config.eval_minutes * 60 if config.eval_minutes else None
     interrupted = False
     out_of_time = False
@@ -503,18 +505,23 @@ def train(
                 h, c = state["h"], state["c"]
             else:
                 h, c = zero_state(model_config, config.batch_size)
+            # tf.data feeds the epoch's windows (prefetched while the step runs); a resumed
+            # epoch skips the batches its checkpoint already covered.
+            batches = iter(
+                tf.data.Dataset.from_tensor_slices((x_all, y_all)).skip(state["batch"]).prefetch(2)
+            )
             progress = _progress(progress_bar, n_batches, state["epoch"] + 1)
             with progress:
                 task = progress.add_task("train", total=n_batches, completed=state["batch"])
                 while state["batch"] < n_batches:
                     t0 = time.monotonic()
-                    k = state["batch"]
+                    x, y = next(batches)
                     trainer.set_learning_rate(
                         learning_rate_at(config, state["step"], progress_fraction())
                     )
                     if not config.stateful:
                         h, c = zero_state(model_config, config.batch_size)
-                    loss, h, c = trainer.train_step(x_all[k], y_all[k], h, c)
+                    loss, h, c = trainer.train_step(x, y, h, c)
                     window["losses"].append(float(loss))
                     state["batch"] += 1
                     state["step"] += 1

@@ -114,7 +114,7 @@ class OnnxBackend:
                 data, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelFileError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+            raise ModelFileError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         expected = {"token", "h", "c"}
@@ -155,7 +155,7 @@ class TFLiteBackend:
             # resize below; we only needed the signature's names and tensor indices.
             del runner
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError with long text
-            raise ModelFileError(f"LiteRT cannot load the model: {_first_line(exc)}") from None
+            raise ModelFileError(f"LiteRT cannot load the model: {first_line(exc)}") from None
         if set(self.input_details) != {"token", "h", "c"} or not {
             "logits",
             "h_out",
@@ -200,7 +200,8 @@ class TFLiteBackend:
         )
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: converters and runtimes write essays."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

@@ -187,7 +187,6 @@ class Generator:
         check_sampling_args(temperature, top_k, top_p)
         if length < 0:
             raise UsageError(f"length must be >= 0, got {length}")
-        self.encode(prompt, unknown)  # fail early on unknown characters
         rng = np.random.default_rng(seed)
         t0 = time.perf_counter()
         session = self.session(num_samples)
