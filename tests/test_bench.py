@@ -35,12 +35,16 @@ def test_bench_smoke(tiny_run: Path, tiny_export: Path, tmp_path: Path) -> None:
             assert r["p50_us"] > 0 and r["p50_us"] <= r["p99_us"]
             assert r["speedup_vs_predict"] > 0 and r["speedup_vs_call"] > 0
         assert report["runtimes"][runtime]["bytes"] > 0
-    # Thread counts apply to onnx and tflite only; they are measured for each count.
+    # Thread counts apply to onnx, tflite and numpy (BLAS); they are measured for each count.
     assert {r["threads"] for r in report["latency"] if r["runtime"] == "onnx-fp32"} == {1, 2}
-    assert {r["threads"] for r in report["latency"] if r["runtime"] == "numpy"} == {None}
+    assert {r["threads"] for r in report["latency"] if r["runtime"] == "numpy"} == {1, 2}
+    assert {r["threads"] for r in report["latency"] if r["runtime"] == "keras-call"} == {None}
+    assert set(report["floors"]) == {"1", "2"}
     assert all("floor_ratio" in r for r in report["latency"] if r["batch"] == 1)
     cold = report["runtimes"]["onnx-fp32"]["cold_start"]
-    assert cold["wall_s"] >= cold["first_char_s"] > 0 and cold["peak_rss_mb"] > 0
+    assert cold["wall_s"] >= cold["first_char_s"] > 0
+    # The child's own peak, not the forked copy of this TensorFlow-sized test process.
+    assert 10 < cold["peak_rss_mb"] < 400
     assert report["runtimes"]["onnx-int8"]["val_bpc"] > 0
     assert report["machine"]["cores"] >= 1
     assert report["targets"]["best_exported_batch1"] in RUNTIMES
