@@ -75,6 +75,7 @@ def summarize(name: str, run_dir: Path) -> dict:
         "target_val_loss": TARGETS.get(name),
         "met_target": best["val_loss"] <= TARGETS[name] if name in TARGETS else None,
         "curve": [(r["elapsed_s"], r["val_loss"]) for r in rows],
+        "run_command": info.get("command"),
         "sample": "ROMEO:" + sample(run_dir),
     }
 
@@ -111,7 +112,7 @@ def chart(results: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def markdown(results: list[dict], command: str, machine: dict) -> str:
+def markdown(results: list[dict], command: str, machine: dict, note: str = "") -> str:
     lines = [
         "# Presets: validation loss within a wall-clock budget",
         "",
@@ -135,6 +136,10 @@ def markdown(results: list[dict], command: str, machine: dict) -> str:
             f"{r['final_val_loss']:.4f} | ≤ {r['target_val_loss']} | "
             f"{'yes' if r['met_target'] else 'no'} |"
         )
+    lines += ["", "Each run's own command (from its run.json):", ""]
+    lines += [f"- {r['preset']}: `{r['run_command']}`" for r in results]
+    if note:
+        lines += ["", note]
     lines += ["", "![validation loss against time](train_presets.png)", "", "## Samples", ""]
     for r in results:
         lines += [f"### {r['preset']} (temperature 0.6, seed 1)", "", "```", r["sample"], "```", ""]
@@ -147,20 +152,23 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/presets"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/reports/train_presets"))
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--note", default="", help="a paragraph added to the Markdown report")
     args = parser.parse_args()
     names = args.presets.split(",")
     if not args.report_only:
         for name in names:
             train_preset(name, args.runs)
     results = [summarize(name, args.runs / name) for name in names]
-    command = "python benchmarks/train_presets.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/train_presets.py " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--note")
+    )
     machine = machine_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         args.out.with_suffix(".json"),
         json.dumps({"command": command, "machine": machine, "results": results}, indent=2),
     )
-    atomic_write_text(args.out.with_suffix(".md"), markdown(results, command, machine))
+    atomic_write_text(args.out.with_suffix(".md"), markdown(results, command, machine, args.note))
     atomic_write_bytes(args.out.with_suffix(".png"), chart(results))
     for r in results:
         print(f"{r['preset']}: best {r['best_val_loss']:.4f} nats (target {r['target_val_loss']})")

@@ -46,6 +46,9 @@ def test_bench_smoke(tiny_run: Path, tiny_export: Path, tmp_path: Path) -> None:
     # The child's own peak, not the forked copy of this TensorFlow-sized test process.
     assert 10 < cold["peak_rss_mb"] < 400
     assert report["runtimes"]["onnx-int8"]["val_bpc"] > 0
+    for runtime in RUNTIMES:  # every runtime but predict times a prompt warm-up
+        ttfc = report["runtimes"][runtime]["ttfc_1000_s"]
+        assert (ttfc is None) == (runtime == "keras-predict"), runtime
     assert report["machine"]["cores"] >= 1
     assert report["targets"]["best_exported_batch1"] in RUNTIMES
 

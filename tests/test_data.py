@@ -171,3 +171,34 @@ def test_download_http_error_keeps_existing_file(server: str, tmp_path: Path) ->
         download_corpus(f"{server}/missing.txt", PAYLOAD_SHA, dest)
     assert dest.read_text() == "user's own file"
     assert [p.name for p in tmp_path.iterdir()] == ["shakespeare.txt"]
+
+
+def test_download_command(server: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dest = tmp_path / "corpus.txt"
+    args = [sys.executable, "-m", "toolkit", "download", "--sha256", PAYLOAD_SHA]
+    ok = subprocess.run(
+        [*args, "--url", f"{server}/good.txt", "--dest", str(dest)],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == str(dest) and dest.read_bytes() == PAYLOAD
+    bad = subprocess.run(
+        [
+            *args,
+            "--url",
+            f"{server}/cut.txt",
+            "--sha256",
+            PAYLOAD_SHA,
+            "--dest",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 7
+    assert bad.stderr.startswith("error: download") and len(bad.stderr.splitlines()) == 1
+    assert not (tmp_path / "x").exists()

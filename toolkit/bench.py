@@ -291,25 +291,41 @@ def cold_start(model_arg: Path, runtime: str, variant: str, runs: int) -> dict[s
     }
 
 
+class TFFunctionBackend:
+    """The compiled tf.function step (StepModel) behind the step interface, for comparison."""
+
+    name = "tf-function"
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def step(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> Any:
+        out = self.module.step(token, h, c)
+        return out["logits"].numpy(), out["h_out"].numpy(), out["c_out"].numpy()
+
+
 def time_to_first_char(factory: StepFactory, runtime: str, prompt: str) -> float | None:
-    """Seconds from a 1,000-character prompt to the first sampled character (state warm-up)."""
-    if runtime not in GENERATE_RUNTIME:
-        return None
+    """Seconds from a 1,000-character prompt to the first sampled character (state warm-up).
+
+    Skipped for Keras `model.predict`: a thousand predict calls take about a minute.
+    """
     from toolkit.keras_runtime import KerasBackend
     from toolkit.runtime.generator import Generator, load
 
-    rt, variant = GENERATE_RUNTIME[runtime]
-    if rt == "keras":
-        m = factory.manifest["model"]
+    m = factory.manifest["model"]
+    backend: Any
+    if runtime == "keras-predict":
+        return None
+    if runtime in ("keras-call", "tf-function"):
+        if runtime == "keras-call":
+            backend = KerasBackend(factory.model)
+        else:
+            backend = TFFunctionBackend(factory.module)
         gen = Generator(
-            KerasBackend(factory.model),
-            factory.manifest["vocab"],
-            m["layers"],
-            m["units"],
-            rt,
-            variant,
+            backend, factory.manifest["vocab"], m["layers"], m["units"], runtime, "fp32"
         )
     else:
+        rt, variant = GENERATE_RUNTIME[runtime]
         gen = load(factory.model_dir, runtime=rt, variant=variant)
     gen.generate(prompt[:20], length=1, unknown="skip")  # warm-up
     return gen.generate(prompt, length=1, temperature=0, unknown="skip").time_to_first_char_s
