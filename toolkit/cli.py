@@ -111,11 +111,18 @@ def train(
         log=typer.echo,
         progress_bar=progress and sys.stderr.isatty(),
     )
+    import math
+
+    best = (
+        "no validation yet"
+        if math.isnan(result.best_val_loss)
+        else f"best val loss {result.best_val_loss:.4f} nats "
+        f"({bits_per_char(result.best_val_loss):.3f} bits/char)"
+    )
     typer.echo(
         f"{'stopped' if result.interrupted else 'done'}: {result.steps} steps, "
         f"{result.epochs_done:.2f} epochs in {result.elapsed_s:.0f}s "
-        f"({result.chars_per_sec:,.0f} chars/s); best val loss {result.best_val_loss:.4f} "
-        f"nats ({bits_per_char(result.best_val_loss):.3f} bits/char) -> {result.run_dir}"
+        f"({result.chars_per_sec:,.0f} chars/s); {best} -> {result.run_dir}"
     )
     if result.interrupted:
         raise typer.Exit(130)
