@@ -48,7 +48,7 @@ from toolkit.runtime.manifest import (
     artifact_name,
     sha256_bytes,
 )
-from toolkit.train import check_run_dir
+from toolkit.train import check_run_dir, load_run_config
 
 FORMATS = ("tflite", "onnx", "numpy")
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -460,18 +460,16 @@ def export_run(
     if force and manifest.get("source", {}).get("run_name") != run_dir.resolve().name:
         manifest = {}
 
-    raw = _raw_weights(model, config)
-    folded = fold_weights(raw, config.layers)
+    from toolkit.model import lstm_weights
+
+    folded = fold_weights(lstm_weights(model, config), config.layers)
     module = make_step_module(folded, config)
 
     tokens = reference = None
     if validate:
         text = load_corpus(Path(info["data"]) if info.get("data") else None)
         ids = vocab.encode(text)
-        val_fraction = float(
-            json.loads((run_dir / "config.json").read_text()).get("val_fraction", 0.1)
-        )
-        _, val_ids = split_corpus(ids, val_fraction)
+        _, val_ids = split_corpus(ids, load_run_config(run_dir).val_fraction)
         steps = min(VALIDATION_STEPS, len(val_ids) - 1)
         tokens = validation_tokens(val_ids, steps, VALIDATION_STREAMS)
         reference = keras_reference_logits(model, config, tokens)
@@ -539,12 +537,6 @@ def _existing_manifest(out_dir: Path) -> dict[str, Any]:
     if manifest.get("format_version") != FORMAT_VERSION:
         return {}
     return manifest
-
-
-def _raw_weights(model: Any, config: ModelConfig) -> dict[str, np.ndarray]:
-    from toolkit.model import lstm_weights
-
-    return lstm_weights(model, config)
 
 
 def _build_manifest(

@@ -274,26 +274,15 @@ class Trainer:
         return total / max(1, count)
 
     def sample(self, vocab: Vocabulary, prompt: str, length: int, seed: int) -> str:
-        """A short sample for the per-epoch log (Keras, explicit state, model(x) calls)."""
-        rng = np.random.default_rng(seed)
-        h, c = zero_state(self.model_config, 1)
-        ids = vocab.encode(prompt).reshape(1, -1)
-        out = self.model({"tokens": ids, "h": h, "c": c}, training=False)
-        chars = []
-        for _ in range(length):
-            logits = np.asarray(out["logits"])[0, -1].astype(np.float64) / 0.8
-            probs = np.exp(logits - logits.max())
-            token = int(rng.choice(len(probs), p=probs / probs.sum()))
-            chars.append(vocab.chars[token])
-            out = self.model(
-                {
-                    "tokens": np.array([[token]], np.int32),
-                    "h": np.asarray(out["h_out"]),
-                    "c": np.asarray(out["c_out"]),
-                },
-                training=False,
-            )
-        return prompt + "".join(chars)
+        """A short sample for the per-epoch log: the runtime's sampler on the Keras model."""
+        from toolkit.keras_runtime import KerasBackend
+        from toolkit.runtime.generator import Generator
+
+        cfg = self.model_config
+        generator = Generator(
+            KerasBackend(self.model), list(vocab.chars), cfg.layers, cfg.units, "keras", "fp32"
+        )
+        return prompt + generator.generate(prompt, length, temperature=0.8, seed=seed).texts[0]
 
 
 def _environment() -> dict[str, Any]:
