@@ -160,19 +160,40 @@ def export(
         "runs/shakespeare"
     ),
     format: Annotated[str, typer.Option(help="tflite | onnx | numpy | all")] = "all",
-    quantize: Annotated[str, typer.Option(help="none | float16 | int8 | all")] = "none",
+    quantize: Annotated[
+        str, typer.Option(help="none | float16 | int8 | full-int8 (microcontrollers) | all")
+    ] = "none",
     out: Annotated[Path | None, typer.Option(help="export folder (default exported/<run>)")] = None,
     validate: Annotated[bool, typer.Option(help="check outputs against Keras")] = True,
     bpc_tolerance: Annotated[
-        float, typer.Option(help="allowed relative bits/char loss for quantized variants")
-    ] = 0.02,
+        float | None,
+        typer.Option(
+            help="allowed relative bits/char loss of quantized variants "
+            "(default 0.02; 0.03 for full-int8)"
+        ),
+    ] = None,
+    calibration_chars: Annotated[
+        int, typer.Option(help="full-int8: characters of text to calibrate activations on")
+    ] = 2048,
+    calibration_data: Annotated[
+        Path | None, typer.Option(help="full-int8: calibration text (default: training text)")
+    ] = None,
+    max_flash: Annotated[
+        int | None, typer.Option(help="full-int8: fail if the model needs more bytes of flash")
+    ] = None,
+    max_arena: Annotated[
+        int | None, typer.Option(help="full-int8: fail if TFLite Micro needs a larger arena")
+    ] = None,
     force: Annotated[bool, typer.Option(help="overwrite existing files")] = False,
 ) -> None:
     """Export a run to single-step graphs with explicit state, validated against Keras."""
-    if bpc_tolerance < 0:
+    if bpc_tolerance is not None and bpc_tolerance < 0:
         raise UsageError("bpc-tolerance must be >= 0")
+    if calibration_chars < 1:
+        raise UsageError(f"calibration-chars must be >= 1, got {calibration_chars}")
     formats = ["tflite", "onnx", "numpy"] if format == "all" else [format]
     from toolkit.export import export_run
+    from toolkit.export_micro import MicroLimits
 
     out_dir, artifacts = export_run(
         run_dir,
@@ -184,9 +205,14 @@ def export(
         force=force,
         log=typer.echo,
         command=_command_line(),
+        calibration_chars=calibration_chars,
+        calibration_data=calibration_data,
+        limits=MicroLimits(max_flash, max_arena),
     )
     for art in artifacts:
         typer.echo(f"wrote {out_dir / art.file} ({art.bytes / 1024:.1f} KiB)")
+        for companion in art.files:
+            typer.echo(f"wrote {out_dir / companion}")
 
 
 # --------------------------------------------------------------------------- generate
@@ -198,9 +224,11 @@ def generate(
         Path | None,
         typer.Argument(help="export folder (run directory for --runtime keras)"),
     ] = None,
-    runtime: Annotated[str, typer.Option(help="onnx | tflite | numpy | keras")] = "onnx",
+    runtime: Annotated[
+        str, typer.Option(help="onnx | tflite | tflm (TFLite Micro) | numpy | keras")
+    ] = "onnx",
     variant: Annotated[
-        str, typer.Option(help="auto (most precise present) | fp32 | fp16 | int8")
+        str, typer.Option(help="auto (most precise present) | fp32 | fp16 | int8 | full-int8")
     ] = "auto",
     prompt: Annotated[str, typer.Option(help="text that warms up the state")] = "ROMEO:",
     length: Annotated[int, typer.Option(help="characters to generate")] = 500,

@@ -33,11 +33,22 @@ from toolkit import __version__
 from toolkit.config import ModelConfig
 from toolkit.data import Vocabulary, atomic_write_text, load_corpus, split_corpus
 from toolkit.errors import ExportError, UsageError
+from toolkit.export_micro import (
+    CALIBRATION_CHARS,
+    MicroLimits,
+    boundary_tensors,
+    c_array_files,
+    calibration_samples,
+    convert_full_int8,
+    tflm_arena_bytes,
+)
+from toolkit.export_micro import QUANTIZATION as QUANTIZATION_MICRO
 from toolkit.runtime.backends import (
     NumpyBackend,
     OnnxBackend,
     StepBackend,
     TFLiteBackend,
+    TFLMBackend,
     first_line,
     fold_weights,
 )
@@ -51,7 +62,11 @@ from toolkit.runtime.manifest import (
 from toolkit.train import check_run_dir, load_run_config
 
 FORMATS = ("tflite", "onnx", "numpy")
-QUANTIZATIONS = ("none", "float16", "int8")
+COMPANION_FILES = {"model.full-int8.tflite": ("model_data.cc", "model_data.h")}
+QUANTIZATIONS = ("none", "float16", "int8", "full-int8")
+# Default allowed relative bits/char loss against Keras, per quantization (--bpc-tolerance
+# overrides): full-integer activations cost more than int8 weights alone.
+BPC_TOLERANCE = {"float16": 0.02, "int8": 0.02, "full-int8": 0.03}
 ONNX_OPSET = 17
 FP32_ATOL = 1e-4
 VALIDATION_STEPS = 512
@@ -104,21 +119,160 @@ def load_keras_run(run_dir: Path) -> tuple[Any, ModelConfig, Vocabulary, dict[st
     return model, config, vocab, info
 
 
-def make_step_module(folded: dict[str, np.ndarray], config: ModelConfig) -> Any:
+@dataclass
+class ExportSource:
+    """What an export is made from: a trained run (the Keras model is the reference), or an
+    exported folder's fp32 weights (validated against Keras when that folder was exported),
+    so that a model folder alone is enough to add a variant for a new target."""
+
+    path: Path
+    config: ModelConfig
+    vocab: Vocabulary
+    folded: dict[str, np.ndarray]
+    info: dict[str, Any]  # the manifest's `source` fields: run name, preset, losses, command
+    data: Path | None  # training corpus (None: the bundled one)
+    val_fraction: float
+    reference_name: str  # "Keras", or the fp32 file the weights came from
+    keras_model: Any = None
+
+    def reference_logits(self, tokens: np.ndarray) -> np.ndarray:
+        if self.keras_model is not None:
+            return keras_reference_logits(self.keras_model, self.config, tokens)
+        return step_logits(NumpyBackend(self.folded, self.config.layers), self.config, tokens)
+
+
+def load_source(path: Path, log: Any = print) -> ExportSource:
+    """A run directory (has run.json) or an exported model folder (has manifest.json)."""
+    path = Path(path)
+    if not (path / "run.json").exists() and (path / MANIFEST_NAME).exists():
+        return _source_from_export(path, log)
+    from toolkit.model import lstm_weights
+
+    model, config, vocab, info = load_keras_run(path)
+    val_fraction = load_run_config(path).val_fraction
+    source_info: dict[str, Any] = {
+        "run_dir": str(path),
+        "run_name": path.resolve().name,
+        "preset": info.get("preset"),
+        "best_val_loss": info.get("best_val_loss"),
+        "best_val_bpc": info.get("best_val_bpc"),
+        "steps": info.get("steps"),
+        "train_command": info.get("command"),
+        "data": info.get("data"),
+        "val_fraction": val_fraction,
+    }
+    return ExportSource(
+        path=path,
+        config=config,
+        vocab=vocab,
+        folded=fold_weights(lstm_weights(model, config), config.layers),
+        info=source_info,
+        data=Path(info["data"]) if info.get("data") else None,
+        val_fraction=val_fraction,
+        reference_name="Keras",
+        keras_model=model,
+    )
+
+
+def _source_from_export(path: Path, log: Any) -> ExportSource:
+    from toolkit.runtime.manifest import find_artifact, read_manifest, read_verified
+
+    manifest = read_manifest(path)
+    m = manifest["model"]
+    config = ModelConfig(
+        vocab_size=int(m["vocab_size"]),
+        embedding_dim=int(m["embedding_dim"]),
+        units=int(m["units"]),
+        layers=int(m["layers"]),
+    )
+    for fmt in ("numpy", "onnx"):  # the weights file first: it needs no graph reading
+        if artifact_name(fmt, "none") in manifest["artifacts"]:
+            entry = find_artifact(manifest, fmt, "none")
+            break
+    else:
+        raise ExportError(
+            f"{path} has no fp32 ONNX or numpy model to export from; export from the run "
+            "directory instead"
+        )
+    data = read_verified(path, entry)
+    if fmt == "numpy":
+        folded = NumpyBackend.from_bytes(data, config.layers).w
+    else:
+        folded = folded_weights_from_onnx(data, config)
+    info = dict(manifest.get("source", {}))
+    info.pop("commands", None)
+    log(
+        f"exporting from the fp32 weights in {path / entry['file']}; validation reference: "
+        "those weights (they matched Keras when exported)"
+    )
+    return ExportSource(
+        path=path,
+        config=config,
+        vocab=Vocabulary(tuple(manifest["vocab"])),
+        folded=folded,
+        info=info,
+        data=Path(info["data"]) if info.get("data") else None,
+        val_fraction=float(info.get("val_fraction") or 0.1),
+        reference_name=entry["file"],
+    )
+
+
+def folded_weights_from_onnx(data: bytes, config: ModelConfig) -> dict[str, np.ndarray]:
+    """The folded weights of an ONNX step graph that this toolkit exported.
+
+    Read by role from the graph (the Gather's table, then MatMul and Add constants in
+    topological order), then checked: the numpy step on them must reproduce the graph.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(data).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    table, matmuls, adds = None, [], []
+    for node in graph.node:
+        weights = [consts[n] for n in node.input if n in consts and consts[n].ndim >= 1]
+        if node.op_type == "Gather" and weights:
+            table = weights[0]
+        elif node.op_type == "MatMul" and weights:
+            matmuls.append(weights[0])
+        elif node.op_type == "Add" and weights and weights[0].ndim == 1:
+            adds.append(weights[0])
+    layers = config.layers
+    if table is None or len(matmuls) != layers + 1 or len(adds) != layers:
+        raise ExportError("cannot read the weights of this ONNX graph; export from the run instead")
+    folded = {"table_0": table, "recurrent_0": matmuls[0]}
+    for layer in range(1, layers):
+        folded[f"stacked_{layer}"] = matmuls[layer]
+        folded[f"bias_{layer}"] = adds[layer - 1]
+    folded["dense_kernel"], folded["dense_bias"] = matmuls[-1], adds[-1]
+    folded = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in folded.items()}
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, config.vocab_size, (2, 9)).astype(np.int32)
+    got = step_logits(NumpyBackend(folded, layers), config, tokens)
+    want = step_logits(OnnxBackend(data), config, tokens)
+    if not np.allclose(got, want, atol=FP32_ATOL):
+        raise ExportError("cannot read the weights of this ONNX graph; export from the run instead")
+    return folded
+
+
+def make_step_module(
+    folded: dict[str, np.ndarray], config: ModelConfig, batch: int | None = None
+) -> Any:
     """A tf.Module whose single tf.function is the LSTM step, written as explicit gate math.
 
     Calling a Keras LSTM layer for one step still emits a While loop; writing the gates out
     gives a flat graph of Gather/MatMul/Sigmoid/Tanh that every runtime runs fast. Weights
     are tf.Variables owned by the module: tf2onnx turns captured constants into extra graph
     inputs, and the TFLite converter needs the owning module to freeze the variables.
+    `batch` fixes the batch dimension (microcontrollers need static shapes); None keeps it free.
     """
     import tensorflow as tf
 
     spec = StepSpec(config.vocab_size, config.layers, config.units)
     signature = [
-        tf.TensorSpec([None], tf.int32, name="token"),
-        tf.TensorSpec([config.layers, None, config.units], tf.float32, name="h"),
-        tf.TensorSpec([config.layers, None, config.units], tf.float32, name="c"),
+        tf.TensorSpec([batch], tf.int32, name="token"),
+        tf.TensorSpec([config.layers, batch, config.units], tf.float32, name="h"),
+        tf.TensorSpec([config.layers, batch, config.units], tf.float32, name="c"),
     ]
 
     class StepModel(tf.Module):
@@ -276,6 +430,7 @@ class Validation:
     exported_bpc: float
     passed: bool
     criterion: str
+    reference: str = "Keras"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -289,6 +444,7 @@ class Validation:
             "bpc_ratio": self.exported_bpc / self.keras_bpc if self.keras_bpc else math.nan,
             "passed": self.passed,
             "criterion": self.criterion,
+            "reference": self.reference,
         }
 
 
@@ -335,6 +491,7 @@ def validate_backend(
     tokens: np.ndarray,
     quantization: str,
     bpc_tolerance: float,
+    reference_name: str = "Keras",
 ) -> Validation:
     logits = step_logits(backend, config, tokens)
     targets = tokens[:, 1:]
@@ -347,7 +504,9 @@ def validate_backend(
         criterion = f"max |dlogits| <= {FP32_ATOL:g} and identical argmax"
     else:
         passed = exported_bpc <= keras_bpc * (1 + bpc_tolerance)
-        criterion = f"bits/char within {bpc_tolerance:.1%} of Keras"
+        criterion = f"bits/char within {bpc_tolerance:.1%} of {reference_name}"
+        if backend.name == "tflm":
+            criterion += ", in TensorFlow Lite Micro's interpreter"
     return Validation(
         steps=tokens.shape[1] - 1,
         streams=tokens.shape[0],
@@ -357,6 +516,7 @@ def validate_backend(
         exported_bpc=exported_bpc,
         passed=passed,
         criterion=criterion,
+        reference=reference_name,
     )
 
 
@@ -368,7 +528,54 @@ def backend_for(fmt: str, data: bytes, config: ModelConfig) -> StepBackend:
     return NumpyBackend.from_bytes(data, config.layers)
 
 
+def validation_backends(
+    fmt: str, quant: str, data: bytes, config: ModelConfig, extra: dict[str, Any]
+) -> list[StepBackend]:
+    """Where an artifact is validated; the last one's result is the manifest's `validation`.
+
+    The full-int8 model runs in LiteRT and, last, in TensorFlow Lite Micro's interpreter:
+    the device's kernels are TFLM's, not LiteRT's.
+    """
+    backends = [backend_for(fmt, data, config)]
+    if quant == QUANTIZATION_MICRO:
+        backends.append(TFLMBackend(data, extra["micro"]))
+    return backends
+
+
+def _log_validation(log: Any, name: str, where: str, result: Validation) -> None:
+    log(
+        f"validated {name} in {where}: max|dlogits| {result.max_abs_logit_diff:.2e}, "
+        f"argmax agreement {result.argmax_agreement:.2%}, bits/char "
+        f"{result.exported_bpc:.4f} vs {result.reference} {result.keras_bpc:.4f} over "
+        f"{result.streams}x{result.steps} steps: {'ok' if result.passed else 'FAILED'}"
+    )
+    if not result.passed:
+        raise ExportError(
+            f"validation failed for {name} in {where}: {result.criterion} not met "
+            f"(max |dlogits| {result.max_abs_logit_diff:.2e}, bits/char "
+            f"{result.exported_bpc:.4f} vs {result.keras_bpc:.4f})"
+        )
+
+
+def _calibration_ids(path: Path, vocab: Vocabulary, log: Any) -> np.ndarray:
+    """Token ids of a calibration text; characters the model does not know are dropped."""
+    text = load_corpus(path)
+    unknown = vocab.unknown(text)
+    if unknown:
+        known = set(vocab.chars)
+        dropped = sum(1 for ch in text if ch not in known)
+        text = "".join(ch for ch in text if ch in known)
+        shown = ", ".join(repr(ch) for ch in unknown[:10])
+        log(f"calibration text: dropped {dropped:,} characters not in the vocabulary ({shown})")
+    if not text:
+        raise ExportError(f"calibration text {path} has no character of the model's vocabulary")
+    return vocab.encode(text)
+
+
 # --------------------------------------------------------------------------- export
+
+
+Blob = bytes  # ExportedArtifact has a field named `bytes`
 
 
 @dataclass
@@ -378,6 +585,8 @@ class ExportedArtifact:
     quantization: str
     bytes: int
     validation: Validation | None
+    extra: dict[str, Any] = field(default_factory=dict)  # manifest fields beyond the common ones
+    files: dict[str, Blob] = field(default_factory=dict)  # companion files (the C array)
 
 
 def plan_artifacts(formats: list[str], quantization: str) -> list[tuple[str, str]]:
@@ -430,17 +639,27 @@ def export_run(
     formats: list[str] | None = None,
     quantization: str = "none",
     validate: bool = True,
-    bpc_tolerance: float = 0.02,
+    bpc_tolerance: float | None = None,
     force: bool = False,
     log: Any = print,
     command: str | None = None,
+    calibration_chars: int = CALIBRATION_CHARS,
+    calibration_data: Path | None = None,
+    limits: MicroLimits | None = None,
 ) -> tuple[Path, list[ExportedArtifact]]:
-    """Export `run_dir` into `out_dir` (default exported/<run name>), adding to a manifest."""
+    """Export `run_dir` into `out_dir` (default exported/<run name>), adding to a manifest.
+
+    `bpc_tolerance` None uses BPC_TOLERANCE per quantization. The full-int8 variant is
+    calibrated on `calibration_chars` of the run's training text (or of `calibration_data`).
+    """
     formats = formats or list(FORMATS)
     plan = plan_artifacts(formats, quantization)
-    run_dir = Path(run_dir)
-    model, config, vocab, info = load_keras_run(run_dir)
-    out_dir = Path(out_dir) if out_dir else Path("exported") / run_dir.resolve().name
+    source = load_source(Path(run_dir), log)
+    config, vocab, folded = source.config, source.vocab, source.folded
+    run_name = source.info.get("run_name") or source.path.resolve().name
+    if out_dir is None:  # a run goes to exported/<run>; an exported folder gains variants
+        out_dir = source.path if source.keras_model is None else Path("exported") / run_name
+    out_dir = Path(out_dir)
 
     manifest = _existing_manifest(out_dir)
     clashes = [
@@ -448,7 +667,7 @@ def export_run(
     ]
     if (
         manifest
-        and manifest.get("source", {}).get("run_name") not in (None, run_dir.resolve().name)
+        and manifest.get("source", {}).get("run_name") not in (None, run_name)
         and not force
     ):
         raise ExportError(
@@ -457,29 +676,55 @@ def export_run(
         )
     if clashes and not force:
         raise ExportError(f"{out_dir} already has {', '.join(clashes)}; use --force to overwrite")
-    if force and manifest.get("source", {}).get("run_name") != run_dir.resolve().name:
+    if force and manifest.get("source", {}).get("run_name") != run_name:
         manifest = {}
 
-    from toolkit.model import lstm_weights
-
-    folded = fold_weights(lstm_weights(model, config), config.layers)
     module = make_step_module(folded, config)
-
+    text = load_corpus(source.data)
+    unknown = vocab.unknown(text)
+    if unknown:
+        raise ExportError(
+            f"the training text has characters the model does not know ({unknown[0]!r}); "
+            "is this the corpus the model was trained on?"
+        )
+    train_ids, val_ids = split_corpus(vocab.encode(text), source.val_fraction)
     tokens = reference = None
     if validate:
-        text = load_corpus(Path(info["data"]) if info.get("data") else None)
-        ids = vocab.encode(text)
-        _, val_ids = split_corpus(ids, load_run_config(run_dir).val_fraction)
         steps = min(VALIDATION_STEPS, len(val_ids) - 1)
         tokens = validation_tokens(val_ids, steps, VALIDATION_STREAMS)
-        reference = keras_reference_logits(model, config, tokens)
+        reference = source.reference_logits(tokens)
 
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=_ensure_parent(out_dir)))
     try:
         artifacts: list[ExportedArtifact] = []
         for fmt, quant in plan:
             name = artifact_name(fmt, quant)
-            if fmt == "onnx":
+            tolerance = bpc_tolerance if bpc_tolerance is not None else BPC_TOLERANCE.get(quant, 0)
+            extra: dict[str, Any] = {}
+            files: dict[str, bytes] = {}
+            if quant == QUANTIZATION_MICRO:
+                ids = train_ids
+                if calibration_data is not None:
+                    ids = _calibration_ids(calibration_data, vocab, log)
+                samples = calibration_samples(folded, config, ids, calibration_chars)
+                data = convert_full_int8(make_step_module(folded, config, batch=1), samples)
+                micro: dict[str, Any] = {
+                    "calibration_chars": len(samples),
+                    "calibration_data": str(calibration_data or "training text"),
+                    **boundary_tensors(data),
+                }
+                micro["arena_bytes"], micro["arena_used_bytes"] = tflm_arena_bytes(data)
+                micro["flash_bytes"] = len(data)
+                micro["ops"] = sorted(graph_op_types(fmt, data))
+                (limits or MicroLimits()).check(len(data), micro["arena_bytes"])
+                files = c_array_files(data, micro, list(vocab.chars), config, micro["ops"])
+                micro["c_files"] = {f: sha256_bytes(b) for f, b in files.items()}
+                extra["micro"] = micro
+                log(
+                    f"converted {name}: {len(data):,} bytes of flash, TFLite Micro arena "
+                    f"{micro['arena_bytes']:,} bytes, ops {', '.join(micro['ops'])}"
+                )
+            elif fmt == "onnx":
                 data = convert_onnx(module, quant, staging)
             elif fmt == "tflite":
                 data = convert_tflite(module, quant)
@@ -491,25 +736,19 @@ def export_run(
                 raise ExportError(f"{name} contains control-flow ops {sorted(loops)}")
             result = None
             if validate and tokens is not None and reference is not None:
-                backend = backend_for(fmt, data, config)
-                result = validate_backend(backend, reference, config, tokens, quant, bpc_tolerance)
-                log(
-                    f"validated {name}: max|dlogits| {result.max_abs_logit_diff:.2e}, "
-                    f"argmax agreement {result.argmax_agreement:.2%}, bits/char "
-                    f"{result.exported_bpc:.4f} vs Keras {result.keras_bpc:.4f} over "
-                    f"{result.streams}x{result.steps} steps: "
-                    f"{'ok' if result.passed else 'FAILED'}"
-                )
-                if not result.passed:
-                    raise ExportError(
-                        f"validation failed for {name}: {result.criterion} not met "
-                        f"(max |dlogits| {result.max_abs_logit_diff:.2e}, bits/char "
-                        f"{result.exported_bpc:.4f} vs {result.keras_bpc:.4f})"
+                for backend in validation_backends(fmt, quant, data, config, extra):
+                    result = validate_backend(
+                        backend, reference, config, tokens, quant, tolerance, source.reference_name
                     )
+                    _log_validation(log, name, backend.name, result)
+                    if backend.name != "tflm" and quant == QUANTIZATION_MICRO:
+                        extra["validation_litert"] = result.to_dict()
             (staging / name).write_bytes(data)
-            artifacts.append(ExportedArtifact(name, fmt, quant, len(data), result))
+            for companion, content in files.items():
+                (staging / companion).write_bytes(content)
+            artifacts.append(ExportedArtifact(name, fmt, quant, len(data), result, extra, files))
 
-        manifest = _build_manifest(manifest, config, vocab, info, run_dir, artifacts, staging)
+        manifest = _build_manifest(manifest, config, vocab, source.info, artifacts, staging)
         if command:
             manifest["source"]["commands"].append(command)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -544,7 +783,6 @@ def _build_manifest(
     config: ModelConfig,
     vocab: Vocabulary,
     info: dict[str, Any],
-    run_dir: Path,
     artifacts: list[ExportedArtifact],
     staging: Path,
 ) -> dict[str, Any]:
@@ -557,11 +795,12 @@ def _build_manifest(
             "bytes": art.bytes,
             "sha256": sha256_bytes((staging / art.file).read_bytes()),
             "validation": art.validation.to_dict() if art.validation else None,
+            **art.extra,
             "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
     return {
         "format_version": FORMAT_VERSION,
-        "name": previous.get("name") or run_dir.resolve().name,
+        "name": previous.get("name") or info["run_name"],
         "description": "Single-step character LSTM with explicit state. Feed token ids one at "
         "a time; carry h_out/c_out back into h/c. Gate order i, f, c, o (Keras).",
         "vocab": list(vocab.chars),
@@ -576,13 +815,7 @@ def _build_manifest(
         "state_layout": "[layers, batch, units]; zeros is the initial state",
         "artifacts": dict(sorted(entries.items())),
         "source": {
-            "run_dir": str(run_dir),
-            "run_name": run_dir.resolve().name,
-            "preset": info.get("preset"),
-            "best_val_loss": info.get("best_val_loss"),
-            "best_val_bpc": info.get("best_val_bpc"),
-            "steps": info.get("steps"),
-            "train_command": info.get("command"),
+            **info,
             "commands": list(previous.get("source", {}).get("commands", [])),
         },
         "versions": _library_versions(),
@@ -594,5 +827,9 @@ def _commit(staging: Path, out_dir: Path, files: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in files:
         os.replace(staging / name, out_dir / name)
+        # Companion files of an artifact (model_data.cc/.h of the full-int8 model).
+        for companion in COMPANION_FILES.get(name, ()):
+            if (staging / companion).exists():
+                os.replace(staging / companion, out_dir / companion)
     manifest_text = (staging / MANIFEST_NAME).read_text()
     atomic_write_text(out_dir / MANIFEST_NAME, manifest_text)

@@ -168,6 +168,12 @@ class TFLiteBackend:
         self.threads = threads
         self._in_idx = {n: d["index"] for n, d in self.input_details.items()}
         self._out_idx = {n: d["index"] for n, d in self.output_details.items()}
+        # A full-integer model has int8 state and logits at its boundary, and batch fixed to 1.
+        self.codec = QuantizedIO.from_details(
+            {n: _litert_quant(d) for n, d in self.input_details.items()},
+            {n: _litert_quant(d) for n, d in self.output_details.items()},
+        )
+        self.fixed_batch = int(self.input_details["token"]["shape_signature"][0]) == 1
         self._shape: tuple[int, ...] | None = None
         layers, units = self.input_details["h"]["shape_signature"][[0, 2]]
         # Allocate for batch 1 now, so that loading (and LiteRT's delegate log line) happens
@@ -183,6 +189,11 @@ class TFLiteBackend:
         self._shape = h.shape
 
     def step(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> StepOutput:
+        if self.codec is not None:
+            return self.codec.step_rows(self._step_raw, token, h, c)
+        return self._step_raw(token, h, c)
+
+    def _step_raw(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> StepOutput:
         # set_tensor/invoke/get_tensor by index: the signature runner re-checks shapes and
         # re-resolves names on every call, which costs more than a small step itself.
         if h.shape != self._shape:
@@ -200,6 +211,118 @@ class TFLiteBackend:
         )
 
 
+def _litert_quant(details: dict[str, Any]) -> tuple[Any, float, int]:
+    """(dtype, scale, zero point) of a LiteRT tensor; scale 0 means not quantized."""
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    return np.dtype(details["dtype"]), float(scale), int(zero_point)
+
+
+class QuantizedIO:
+    """Float state and logits in, int8 tensors at a full-integer model's boundary.
+
+    The generator keeps h/c as float32; each step quantizes them with the input tensors'
+    scale and zero point and dequantizes the outputs. That is the same arithmetic as
+    requantizing h_out's int8 codes to h's (their scales differ slightly), which is what a
+    C program carrying int8 state does. Such a model has batch 1: rows run one after another.
+    """
+
+    def __init__(self, params: dict[str, tuple[float, int]]) -> None:
+        self.params = params  # tensor name -> (scale, zero point), int8 tensors only
+
+    @classmethod
+    def from_details(
+        cls,
+        inputs: dict[str, tuple[Any, float, int]],
+        outputs: dict[str, tuple[Any, float, int]],
+    ) -> QuantizedIO | None:
+        params = {
+            name: (scale, zero)
+            for name, (dtype, scale, zero) in {**inputs, **outputs}.items()
+            if dtype == np.int8 and scale > 0
+        }
+        return cls(params) if params else None
+
+    def quantize(self, name: str, x: np.ndarray) -> np.ndarray:
+        if name not in self.params:
+            return x
+        scale, zero = self.params[name]
+        return np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
+
+    def dequantize(self, name: str, q: np.ndarray) -> np.ndarray:
+        if name not in self.params:
+            return q
+        scale, zero = self.params[name]
+        return ((q.astype(np.float32) - zero) * scale).astype(np.float32)
+
+    def step_rows(
+        self,
+        raw_step: Any,
+        token: np.ndarray,
+        h: np.ndarray,
+        c: np.ndarray,
+    ) -> StepOutput:
+        logits, h_out, c_out = [], np.empty_like(h), np.empty_like(c)
+        for row in range(token.shape[0]):
+            out = raw_step(
+                token[row : row + 1],
+                self.quantize("h", h[:, row : row + 1]),
+                self.quantize("c", c[:, row : row + 1]),
+            )
+            logits.append(self.dequantize("logits", out[0]))
+            h_out[:, row : row + 1] = self.dequantize("h_out", out[1])
+            c_out[:, row : row + 1] = self.dequantize("c_out", out[2])
+        return np.concatenate(logits, axis=0), h_out, c_out
+
+
+class TFLMBackend:
+    """TensorFlow Lite Micro's own interpreter (PyPI `tflite-micro`), run on the host.
+
+    It has no tensor names: inputs and outputs come in subgraph order, which the exporter
+    records in the manifest (`micro.inputs` / `micro.outputs`) and this backend follows.
+    """
+
+    name = "tflm"
+
+    def __init__(self, data: bytes, micro: dict[str, Any], arena_bytes: int | None = None) -> None:
+        try:
+            from tflite_micro.python.tflite_micro import runtime as tflm
+        except ImportError:
+            raise ModelFileError(
+                "tflite-micro is not installed: pip install 'char-lstm-toolkit[micro]'"
+            ) from None
+        arena = int(arena_bytes or micro["arena_bytes"])
+        try:
+            self.interpreter = tflm.Interpreter.from_bytes(data, arena_size=arena)
+        except Exception as exc:  # RuntimeError with the allocator's report
+            raise ModelFileError(f"TFLite Micro cannot load the model: {first_line(exc)}") from None
+        self.inputs = [t["name"] for t in micro["inputs"]]
+        self.outputs = [t["name"] for t in micro["outputs"]]
+        if sorted(self.inputs) != ["c", "h", "token"] or sorted(self.outputs) != [
+            "c_out",
+            "h_out",
+            "logits",
+        ]:
+            raise ModelFileError(f"unexpected micro signature in the manifest: {micro}")
+        self.codec = QuantizedIO(
+            {
+                t["name"]: (float(t["scale"]), int(t["zero_point"]))
+                for t in [*micro["inputs"], *micro["outputs"]]
+                if t["dtype"] == "int8"
+            }
+        )
+
+    def _step_raw(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> StepOutput:
+        feeds = {"token": token.astype(np.int32), "h": h, "c": c}
+        for index, name in enumerate(self.inputs):
+            self.interpreter.set_input(feeds[name], index)
+        self.interpreter.invoke()
+        out = {name: self.interpreter.get_output(i) for i, name in enumerate(self.outputs)}
+        return out["logits"], out["h_out"], out["c_out"]
+
+    def step(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> StepOutput:
+        return self.codec.step_rows(self._step_raw, token, h, c)
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message: converters and runtimes write essays."""
     text = str(exc).strip().splitlines()
@@ -211,13 +334,18 @@ def load_backend(
 ) -> StepBackend:
     from toolkit.runtime.manifest import find_artifact, read_verified
 
-    entry = find_artifact(manifest, runtime, quantization)
+    fmt = "tflite" if runtime == "tflm" else runtime  # TFLite Micro runs .tflite files
+    entry = find_artifact(manifest, fmt, quantization)
     data = read_verified(model_dir, entry)
     layers = int(manifest["model"]["layers"])
     if runtime == "onnx":
         return OnnxBackend(data, threads)
     if runtime == "tflite":
         return TFLiteBackend(data, threads)
+    if runtime == "tflm":
+        if "micro" not in entry:
+            raise ModelFileError(f"{entry['file']} has no micro section in the manifest")
+        return TFLMBackend(data, entry["micro"])
     if runtime == "numpy":
         return NumpyBackend.from_bytes(data, layers)
     raise ModelFileError(f"unknown runtime {runtime!r}")

@@ -19,7 +19,7 @@ from toolkit.runtime.backends import StepBackend, load_backend
 from toolkit.runtime.manifest import VARIANTS, read_manifest, resolve_variant
 from toolkit.runtime.sampling import check_sampling_args, sample_next
 
-RUNTIMES = ("onnx", "tflite", "numpy", "keras")
+RUNTIMES = ("onnx", "tflite", "tflm", "numpy", "keras")
 DEFAULT_MODEL_NAME = "shakespeare"
 # Fed when the prompt is empty: text starts after a line break, so the model begins a line.
 START_CANDIDATES = ("\n", " ")

@@ -21,17 +21,25 @@ ARTIFACT_FILES: dict[tuple[str, str], str] = {
     ("tflite", "none"): "model.tflite",
     ("tflite", "float16"): "model.fp16.tflite",
     ("tflite", "int8"): "model.int8.tflite",
+    # Full-integer (int8 weights and activations, batch 1) for microcontrollers: TFLite Micro.
+    ("tflite", "full-int8"): "model.full-int8.tflite",
     ("numpy", "none"): "weights.npz",
 }
 # User-facing variant names (generate --variant) to quantization names (export --quantize).
-VARIANTS = {"fp32": "none", "fp16": "float16", "int8": "int8"}
+VARIANTS = {"fp32": "none", "fp16": "float16", "int8": "int8", "full-int8": "full-int8"}
 
 
 def resolve_variant(manifest: dict[str, Any], fmt: str, variant: str) -> str:
     """'auto' picks the most precise variant of `fmt` present in the folder (fp32 first)."""
+    if fmt == "tflm":  # TFLite Micro runs the full-integer model and nothing else
+        if variant not in ("auto", "full-int8"):
+            raise ModelFileError("the tflm runtime runs only the full-int8 variant")
+        return "full-int8"
     if variant != "auto":
         return variant
     for name, quantization in VARIANTS.items():
+        if quantization == "full-int8":
+            continue  # batch 1 and int8 state: chosen only when asked for
         if ARTIFACT_FILES.get((fmt, quantization)) in manifest["artifacts"]:
             return name
     have = ", ".join(sorted(manifest["artifacts"])) or "none"
