@@ -35,6 +35,9 @@ RUNTIMES: dict[str, tuple[str, str, str]] = {
     "tflite-fp32": ("exported", "tflite", "none"),
     "tflite-fp16": ("exported", "tflite", "float16"),
     "tflite-int8": ("exported", "tflite", "int8"),
+    # Full-integer, batch 1: LiteRT, and TensorFlow Lite Micro's interpreter on the host.
+    "tflite-full-int8": ("exported", "tflite", "full-int8"),
+    "tflm-full-int8": ("exported", "tflm", "full-int8"),
     "onnx-fp32": ("exported", "onnx", "none"),
     "onnx-int8": ("exported", "onnx", "int8"),
     "numpy": ("exported", "numpy", "none"),
@@ -44,6 +47,8 @@ GENERATE_RUNTIME = {  # runtime name -> (generate --runtime, --variant)
     "tflite-fp32": ("tflite", "fp32"),
     "tflite-fp16": ("tflite", "fp16"),
     "tflite-int8": ("tflite", "int8"),
+    "tflite-full-int8": ("tflite", "full-int8"),
+    "tflm-full-int8": ("tflm", "full-int8"),
     "onnx-fp32": ("onnx", "fp32"),
     "onnx-int8": ("onnx", "int8"),
     "numpy": ("numpy", "fp32"),
@@ -341,7 +346,11 @@ def run_bench(
     config.validate()
     run_dir = Path(run_dir)
     model_dir = Path(model_dir) if model_dir else Path("exported") / run_dir.resolve().name
-    needs = {RUNTIMES[r][1:] for r in config.runtimes if RUNTIMES[r][0] == "exported"}
+    needs = {
+        (_file_format(RUNTIMES[r][1]), RUNTIMES[r][2])
+        for r in config.runtimes
+        if RUNTIMES[r][0] == "exported"
+    }
     tmp_export = None
     if not _has_all(model_dir, needs):
         from toolkit.export import export_run
@@ -369,6 +378,8 @@ def run_bench(
                 fmt = RUNTIMES[runtime][1]
                 if threads != config.threads[0] and fmt not in THREADED:
                     continue  # thread count does not apply: measured once
+                if batch != 1 and RUNTIMES[runtime][2] == "full-int8":
+                    continue  # a microcontroller model has batch 1
                 steps[runtime] = factory.make(runtime, batch, threads)
             log(f"measuring batch {batch}, threads {threads}: {', '.join(steps)}")
             blas = {name: threads for name in steps if RUNTIMES[name][1] == "numpy"}
@@ -404,7 +415,7 @@ def run_bench(
         kind, fmt, quant = RUNTIMES[runtime]
         entry: dict[str, Any] = {}
         if kind == "exported":
-            art = _artifact(manifest, fmt, quant)
+            art = _artifact(manifest, _file_format(fmt), quant)
             entry["file"] = art[0]
             entry["bytes"] = art[1]["bytes"]
             validation = art[1].get("validation") or {}
@@ -465,6 +476,10 @@ def _has_all(model_dir: Path, needs: set[tuple[str, str]]) -> bool:
     from toolkit.runtime.manifest import artifact_name
 
     return all(artifact_name(f, q) in manifest["artifacts"] for f, q in needs)
+
+
+def _file_format(fmt: str) -> str:
+    return "tflite" if fmt == "tflm" else fmt  # TFLite Micro runs the .tflite file
 
 
 def _artifact(manifest: dict[str, Any], fmt: str, quant: str) -> tuple[str, dict[str, Any]]:
