@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 RUN    ?= runs/demo
 EXPORT ?= exported/demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint web-test bench site clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# onnxruntime-web for the browser site, pinned by web/package-lock.json.
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
 
 demo: setup
 	@if [ -f $(RUN)/run.json ] && grep -q '"status": "finished"' $(RUN)/run.json; then \
@@ -37,11 +41,18 @@ lint: setup
 	$(BIN)/ruff format --check toolkit tests benchmarks
 	$(BIN)/mypy toolkit
 
-test: lint
+web-test: web/node_modules/.package-lock.json
+	cd web && npm test --silent
+
+test: lint web-test
 	$(BIN)/python -m pytest -q
+
+# The committed model as a web page: http://127.0.0.1:8000/
+site: setup web/node_modules/.package-lock.json
+	$(BIN)/toolkit web --out site --force --serve
 
 bench: setup
 	$(BIN)/toolkit bench runs/shakespeare --model exported/shakespeare
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache web/node_modules site

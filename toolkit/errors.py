@@ -43,3 +43,9 @@ class DownloadError(ToolkitError):
     """A corpus download failed or its checksum did not match."""
 
     exit_code = 7
+
+
+class WebError(ToolkitError):
+    """The browser site cannot be built or served (no onnxruntime-web, no ONNX model, ...)."""
+
+    exit_code = 8
