@@ -43,6 +43,7 @@ from toolkit.export_micro import (
     tflm_arena_bytes,
 )
 from toolkit.export_micro import QUANTIZATION as QUANTIZATION_MICRO
+from toolkit.lock import holds_run_dir_lock
 from toolkit.runtime.backends import (
     NumpyBackend,
     OnnxBackend,
@@ -633,6 +634,7 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
+@holds_run_dir_lock("export")  # no training writes the run while it is exported
 def export_run(
     run_dir: Path,
     out_dir: Path | None = None,

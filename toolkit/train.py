@@ -310,7 +310,27 @@ def train(
     progress_bar: bool = True,
     command: str | None = None,
 ) -> TrainResult:
-    """Train (or resume) a run. Every file in the run directory is written atomically."""
+    """Train (or resume) a run. Every file in the run directory is written atomically, and
+    no other process may train or export the same directory meanwhile (RunDirLock)."""
+    from toolkit.lock import RunDirLock
+
+    with RunDirLock(Path(run_dir), "resume" if resume else "train", log):
+        return _train(
+            config, Path(run_dir), data, resume, force, overrides, log, progress_bar, command
+        )
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    data: Path | None,
+    resume: bool,
+    force: bool,
+    overrides: dict[str, Any] | None,
+    log: Callable[[str], None],
+    progress_bar: bool,
+    command: str | None,
+) -> TrainResult:
     overrides = overrides or {}
     if resume:
         if not (run_dir / "config.json").exists() or not (run_dir / "checkpoints").is_dir():
