@@ -18,7 +18,7 @@ def toolkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
         cwd=cwd,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
     )
 
 
@@ -42,13 +42,22 @@ def test_end_to_end_on_non_ascii_corpus(tmp_path: Path, shakespeare_text: str) -
         "train", "--preset", "tiny", "--data", str(corpus), "--out", str(run), "--no-progress"
     )
     assert trained.returncode == 0, trained.stderr
+    assert trained.stderr == ""  # quiet: no TensorFlow start-up lines
     assert "best val loss" in trained.stdout and "bits/char" in trained.stdout
     vocab = json.loads((run / "vocab.json").read_text(encoding="utf-8"))
     assert "日" in vocab and "ß" in vocab
 
-    exported = toolkit("export", str(run), "--format", "onnx", "--out", str(tmp_path / "exp"))
+    exported = toolkit(
+        "export", str(run), "--format", "all", "--quantize", "all", "--out", str(tmp_path / "exp")
+    )
     assert exported.returncode == 0, exported.stderr
+    assert exported.stderr == ""  # no converter, quantizer or LiteRT chatter
     assert "validated model.onnx" in exported.stdout
+    for runtime in ("tflite", "tflm"):
+        quiet = toolkit("generate", str(tmp_path / "exp"), "--runtime", runtime, "--length", "5")
+        assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = toolkit("--verbose", "generate", str(tmp_path / "exp"), "--runtime", "tflite")
+    assert "XNNPACK" in loud.stderr  # --verbose shows what the runtimes say
 
     generated = toolkit(
         "generate",
@@ -82,7 +91,7 @@ def test_end_to_end_on_non_ascii_corpus(tmp_path: Path, shakespeare_text: str) -
         (b"\xff\xfe latin", ["--data", "{tmp}/c.txt"], ["UTF-8"]),
         (b"too short", ["--data", "{tmp}/c.txt"], ["too short"]),
         (None, ["--batch-size", "0"], ["batch-size"]),
-        (None, ["--preset", "enormous"], ["unknown preset"]),
+        (None, ["--preset", "enormous"], ["'enormous' is not one of", "--help"]),
         (None, ["--resume", "{tmp}/nothing"], ["nothing to resume"]),
     ],
 )
@@ -102,4 +111,28 @@ def test_export_bad_input(tmp_path: Path) -> None:
         toolkit("export", str(tmp_path), "--format", "onnx", "--quantize", "float16"),
         "onnx has no float16",
     )
-    assert_one_line_error(toolkit("export", str(tmp_path), "--format", "pt"), "unknown format")
+    assert_one_line_error(toolkit("export", str(tmp_path), "--format", "pt"), "'pt' is not one of")
+
+
+def test_choices_and_version() -> None:
+    """Options with a few values list them, and they are the library's own lists."""
+    from toolkit import __version__, cli
+    from toolkit.config import PRESETS
+    from toolkit.export import FORMATS, QUANTIZATIONS
+    from toolkit.runtime.generator import RUNTIMES
+    from toolkit.runtime.manifest import VARIANTS
+
+    assert [p.value for p in cli.Preset] == list(PRESETS)
+    assert [r.value for r in cli.Runtime] == list(RUNTIMES)
+    assert [v.value for v in cli.Variant] == ["auto", *VARIANTS]
+    assert {f.value for f in cli.Format} == {"all", *FORMATS}
+    assert {q.value for q in cli.Quantize} == {"all", *QUANTIZATIONS}
+    helped = subprocess.run(
+        [sys.executable, "-m", "toolkit", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "<onnx|tflite|tflm|numpy|keras>" in helped.stdout
+    assert "<auto|fp32|fp16|int8|full-int8>" in helped.stdout
+    assert toolkit("--version").stdout.strip() == f"char-lstm-toolkit {__version__}"

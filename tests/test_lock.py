@@ -70,10 +70,10 @@ def test_lock_is_released_and_reentrant_after_exit(tmp_path: Path) -> None:
 
 
 def test_same_process_second_lock_is_refused(tmp_path: Path) -> None:
-    with RunDirLock(tmp_path / "run", "train"):
-        # flock locks belong to open files: a second open in this process conflicts too.
-        with (
-            pytest.raises(RunDirError, match="in use by process"),
-            RunDirLock(tmp_path / "run", "export"),
-        ):
-            pass
+    # flock locks belong to open files: a second open in this process conflicts too.
+    with (
+        RunDirLock(tmp_path / "run", "train"),
+        pytest.raises(RunDirError, match="in use by process"),
+        RunDirLock(tmp_path / "run", "export"),
+    ):
+        pass

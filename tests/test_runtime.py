@@ -274,3 +274,28 @@ def test_generate_streams_prompt_and_text(tiny_export: Path) -> None:
         assert len(proc.stdout.rstrip("\n")) >= len("ROMEO:") + 30
         outputs.append(proc.stdout)
     assert outputs[0] == outputs[1]  # same seed, same streamed text from either runtime
+
+
+@pytest.mark.parametrize(
+    ("runtime", "variant"),
+    [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "full-int8"),
+     ("tflm", "full-int8"), ("numpy", "fp32")],
+)  # fmt: skip
+def test_a_manifest_that_does_not_match_its_model_is_refused(
+    tiny_export: Path, tmp_path: Path, runtime: str, variant: str
+) -> None:
+    def broken(edit: str) -> Path:
+        folder = tmp_path / edit
+        shutil.copytree(tiny_export, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if edit == "vocab":
+            manifest["vocab"] = manifest["vocab"][:-1]  # shorter than the logits
+        else:
+            manifest["model"]["units"] *= 2
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        return folder
+
+    with pytest.raises(ModelFileError, match="logits but the manifest's vocabulary"):
+        load(broken("vocab"), runtime=runtime, variant=variant)
+    with pytest.raises(ModelFileError, match="state"):
+        load(broken("units"), runtime=runtime, variant=variant)

@@ -8,20 +8,105 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from toolkit import __version__
 from toolkit.errors import ToolkitError, UsageError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Train a character-level LSTM, export it to TFLite/ONNX with explicit state, "
-    "generate text and benchmark every runtime.",
 )
+
+
+# Options that take one of a few values: choices that --help lists and completion offers.
+# (tests/test_cli.py checks that they match the library's own lists.)
+class Preset(str, Enum):
+    tiny = "tiny"
+    quick = "quick"
+    default = "default"
+    best = "best"
+    seed = "seed"
+
+
+class Runtime(str, Enum):
+    onnx = "onnx"
+    tflite = "tflite"
+    tflm = "tflm"
+    numpy = "numpy"
+    keras = "keras"
+
+
+class Variant(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+    full_int8 = "full-int8"
+
+
+class Format(str, Enum):
+    all = "all"
+    tflite = "tflite"
+    onnx = "onnx"
+    numpy = "numpy"
+
+
+class Quantize(str, Enum):
+    none = "none"
+    float16 = "float16"
+    int8 = "int8"
+    full_int8 = "full-int8"
+    all = "all"
+
+
+class Unknown(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+class WebVariant(str, Enum):
+    all = "all"
+    fp32 = "fp32"
+    int8 = "int8"
+
+
+def _version(show: bool) -> None:
+    if show:
+        typer.echo(f"char-lstm-toolkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="show TensorFlow, LiteRT and onnxruntime messages too"
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """Train a character-level LSTM, export it to TFLite/ONNX with explicit state, generate
+    text and benchmark every runtime."""
+    from toolkit.quiet import set_verbose
+
+    set_verbose(verbose)
+
+
+def _tensorflow() -> None:
+    """Import TensorFlow now, quietly; one line saying what to install if it is missing."""
+    from toolkit.quiet import import_tensorflow
+
+    import_tensorflow()
 
 
 def _err(message: str) -> None:
@@ -40,9 +125,7 @@ def _command_line() -> str:
 
 @app.command()
 def train(
-    preset: Annotated[
-        str, typer.Option(help="tiny | quick | default | best | seed (see README)")
-    ] = "default",
+    preset: Annotated[Preset, typer.Option(help="see the README's table")] = Preset.default,
     data: Annotated[
         Path | None, typer.Option(help="UTF-8 text file or folder of .txt (default: bundled)")
     ] = None,
@@ -66,6 +149,7 @@ def train(
     """Train the model (bundled Shakespeare by default); resumable and atomic."""
     import dataclasses
 
+    _tensorflow()
     from toolkit.config import preset as get_preset
 
     overrides: dict[str, Any] = {
@@ -87,7 +171,7 @@ def train(
     }
     if not sample:
         overrides["sample_every_epoch"] = False
-    base = get_preset(preset)
+    base = get_preset(preset.value)
     config = dataclasses.replace(base, **overrides)
     config.validate()
     if resume is not None:
@@ -159,10 +243,10 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="trained run directory")] = Path(
         "runs/shakespeare"
     ),
-    format: Annotated[str, typer.Option(help="tflite | onnx | numpy | all")] = "all",
+    format: Annotated[Format, typer.Option(help="which formats")] = Format.all,
     quantize: Annotated[
-        str, typer.Option(help="none | float16 | int8 | full-int8 (microcontrollers) | all")
-    ] = "none",
+        Quantize, typer.Option(help="which variants (full-int8: microcontrollers)")
+    ] = Quantize.none,
     out: Annotated[Path | None, typer.Option(help="export folder (default exported/<run>)")] = None,
     validate: Annotated[bool, typer.Option(help="check outputs against Keras")] = True,
     bpc_tolerance: Annotated[
@@ -191,7 +275,8 @@ def export(
         raise UsageError("bpc-tolerance must be >= 0")
     if calibration_chars < 1:
         raise UsageError(f"calibration-chars must be >= 1, got {calibration_chars}")
-    formats = ["tflite", "onnx", "numpy"] if format == "all" else [format]
+    formats = ["tflite", "onnx", "numpy"] if format == Format.all else [format.value]
+    _tensorflow()
     from toolkit.export import export_run
     from toolkit.export_micro import MicroLimits
 
@@ -199,7 +284,7 @@ def export(
         run_dir,
         out,
         formats=formats,
-        quantization=quantize,
+        quantization=quantize.value,
         validate=validate,
         bpc_tolerance=bpc_tolerance,
         force=force,
@@ -225,11 +310,11 @@ def generate(
         typer.Argument(help="export folder (run directory for --runtime keras)"),
     ] = None,
     runtime: Annotated[
-        str, typer.Option(help="onnx | tflite | tflm (TFLite Micro) | numpy | keras")
-    ] = "onnx",
+        Runtime, typer.Option(help="tflm: TensorFlow Lite Micro's interpreter")
+    ] = Runtime.onnx,
     variant: Annotated[
-        str, typer.Option(help="auto (most precise present) | fp32 | fp16 | int8 | full-int8")
-    ] = "auto",
+        Variant, typer.Option(help="auto: the most precise variant present")
+    ] = Variant.auto,
     prompt: Annotated[str, typer.Option(help="text that warms up the state")] = "ROMEO:",
     length: Annotated[int, typer.Option(help="characters to generate")] = 500,
     temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.8,
@@ -238,7 +323,9 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     num_samples: Annotated[int, typer.Option(help="texts generated in one batch")] = 1,
     stop: Annotated[str | None, typer.Option(help="stop when this string appears")] = None,
-    unknown: Annotated[str, typer.Option(help="error | skip unknown prompt characters")] = "error",
+    unknown: Annotated[
+        Unknown, typer.Option(help="what to do with prompt characters the model does not know")
+    ] = Unknown.error,
     threads: Annotated[int, typer.Option(help="runtime threads")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON with timings")] = False,
 ) -> None:
@@ -247,7 +334,9 @@ def generate(
 
     if length < 0:
         raise UsageError(f"length must be >= 0, got {length}")
-    generator = load(model, runtime=runtime, variant=variant, threads=threads)
+    if runtime == Runtime.keras:
+        _tensorflow()
+    generator = load(model, runtime=runtime.value, variant=variant.value, threads=threads)
     stream = num_samples == 1 and not as_json
     if stream:
         sys.stdout.write(prompt)
@@ -266,7 +355,7 @@ def generate(
         seed=seed,
         num_samples=num_samples,
         stop=stop,
-        unknown=unknown,
+        unknown=unknown.value,
         on_text=on_text if stream else None,
     )
     if as_json:
@@ -288,8 +377,8 @@ def web(
     ] = None,
     out: Annotated[Path, typer.Option(help="site folder to write")] = Path("site"),
     variant: Annotated[
-        str, typer.Option(help="all (every ONNX variant present) | fp32 | int8")
-    ] = "all",
+        WebVariant, typer.Option(help="all: every ONNX variant in the folder")
+    ] = WebVariant.all,
     serve: Annotated[bool, typer.Option(help="serve the site on 127.0.0.1 until Ctrl-C")] = False,
     port: Annotated[int, typer.Option(help="port for --serve (0 = any free port)")] = 8000,
     force: Annotated[bool, typer.Option(help="replace an existing site")] = False,
@@ -301,7 +390,7 @@ def web(
     if not 0 <= port <= 65535:
         raise UsageError(f"port must be in 0..65535, got {port}")
     model_dir = model if model is not None else default_model_dir("onnx")
-    site = build_site(model_dir, out, variant=variant, force=force, log=typer.echo)
+    site = build_site(model_dir, out, variant=variant.value, force=force, log=typer.echo)
     typer.echo(
         f"wrote {site.out_dir} ({site.bytes / 1e6:.1f} MB: {', '.join(site.variants.values())}, "
         f"onnxruntime-web {site.ort_version})"
@@ -347,6 +436,7 @@ def bench(
     out: Annotated[Path, typer.Option(help="report folder")] = Path("benchmarks/reports"),
 ) -> None:
     """Measure every runtime side by side; write JSON, Markdown and PNG reports."""
+    _tensorflow()
     from toolkit.bench import RUNTIMES, BenchConfig, run_bench
 
     config = BenchConfig(
@@ -402,17 +492,36 @@ def _print_bench_table(report: dict[str, Any]) -> None:
 def main() -> None:
     """Console entry point: the one place errors become messages and exit codes.
 
-    Typer (standalone mode) already turns its own usage errors into a message and exit 2;
-    everything the toolkit raises on purpose is a ToolkitError with its own exit code.
+    Everything the toolkit raises on purpose is a ToolkitError with its own exit code; the
+    command-line parser's usage errors (bad option, value not among the choices) become one
+    line and exit 2 as well, instead of a usage box.
     """
     try:
-        app()
+        code = app(standalone_mode=False)
     except ToolkitError as exc:
         _err(f"error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `toolkit`: the help
+            typer.echo(exc.format_message())  # type: ignore[attr-defined]
+            sys.exit(0)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        _err(f"error: {message}{hint}")
+        sys.exit(int(getattr(exc, "exit_code", 2)))
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Click's UsageError family (Typer vendors Click, so matched by shape, not by class)."""
+    return hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == 2
 
 
 if __name__ == "__main__":

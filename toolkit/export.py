@@ -44,6 +44,7 @@ from toolkit.export_micro import (
 )
 from toolkit.export_micro import QUANTIZATION as QUANTIZATION_MICRO
 from toolkit.lock import holds_run_dir_lock
+from toolkit.quiet import native_stderr_hidden
 from toolkit.runtime.backends import (
     NumpyBackend,
     OnnxBackend,
@@ -709,7 +710,8 @@ def export_run(
                 if calibration_data is not None:
                     ids = _calibration_ids(calibration_data, vocab, log)
                 samples = calibration_samples(folded, config, ids, calibration_chars)
-                data = convert_full_int8(make_step_module(folded, config, batch=1), samples)
+                with native_stderr_hidden():  # the converter prints its settings
+                    data = convert_full_int8(make_step_module(folded, config, batch=1), samples)
                 micro: dict[str, Any] = {
                     "calibration_chars": len(samples),
                     "calibration_data": str(calibration_data or "training text"),
@@ -727,9 +729,11 @@ def export_run(
                     f"{micro['arena_bytes']:,} bytes, ops {', '.join(micro['ops'])}"
                 )
             elif fmt == "onnx":
-                data = convert_onnx(module, quant, staging)
+                with native_stderr_hidden():
+                    data = convert_onnx(module, quant, staging)
             elif fmt == "tflite":
-                data = convert_tflite(module, quant)
+                with native_stderr_hidden():
+                    data = convert_tflite(module, quant)
             else:
                 data = convert_numpy(folded)
             ops = graph_op_types(fmt, data)

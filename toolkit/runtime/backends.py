@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from toolkit.errors import ModelFileError
+from toolkit.quiet import native_stderr_hidden
 
 StepOutput = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -176,9 +177,10 @@ class TFLiteBackend:
         self.fixed_batch = int(self.input_details["token"]["shape_signature"][0]) == 1
         self._shape: tuple[int, ...] | None = None
         layers, units = self.input_details["h"]["shape_signature"][[0, 2]]
-        # Allocate for batch 1 now, so that loading (and LiteRT's delegate log line) happens
-        # before the first character, not in the middle of the stream.
-        self._resize(1, np.zeros((int(layers), 1, int(units)), np.float32))
+        # Allocate for batch 1 now, so that loading (and LiteRT's delegate log line, hidden
+        # unless verbose) happens before the first character, not in the stream.
+        with native_stderr_hidden():
+            self._resize(1, np.zeros((int(layers), 1, int(units)), np.float32))
 
     def _resize(self, batch: int, h: np.ndarray) -> None:
         interp = self.interpreter
@@ -292,7 +294,8 @@ class TFLMBackend:
             ) from None
         arena = int(arena_bytes or micro["arena_bytes"])
         try:
-            self.interpreter = tflm.Interpreter.from_bytes(data, arena_size=arena)
+            with native_stderr_hidden():
+                self.interpreter = tflm.Interpreter.from_bytes(data, arena_size=arena)
         except Exception as exc:  # RuntimeError with the allocator's report
             raise ModelFileError(f"TFLite Micro cannot load the model: {first_line(exc)}") from None
         self.inputs = [t["name"] for t in micro["inputs"]]
@@ -345,6 +348,13 @@ def load_backend(
     if runtime == "tflm":
         if "micro" not in entry:
             raise ModelFileError(f"{entry['file']} has no micro section in the manifest")
+        units = int(manifest["model"]["units"])
+        shapes = {t["name"]: t["shape"] for t in entry["micro"]["inputs"]}
+        if shapes.get("h") != [layers, 1, units] or shapes.get("c") != [layers, 1, units]:
+            raise ModelFileError(
+                f"{entry['file']} takes state {shapes.get('h')}, the manifest's model says "
+                f"{[layers, 1, units]}"
+            )
         return TFLMBackend(data, entry["micro"])
     if runtime == "numpy":
         return NumpyBackend.from_bytes(data, layers)

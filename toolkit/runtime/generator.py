@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ModelFileError, UsageError
-from toolkit.runtime.backends import StepBackend, load_backend
+from toolkit.runtime.backends import StepBackend, first_line, load_backend
 from toolkit.runtime.manifest import VARIANTS, read_manifest, resolve_variant
 from toolkit.runtime.sampling import check_sampling_args, sample_next
 
@@ -254,6 +254,36 @@ def load(
     variant = resolve_variant(manifest, runtime, variant)
     backend = load_backend(path, manifest, runtime, VARIANTS[variant], threads)
     model = manifest["model"]
-    return Generator(
-        backend, manifest["vocab"], int(model["layers"]), int(model["units"]), runtime, variant
-    )
+    layers, units = int(model["layers"]), int(model["units"])
+    check_backend(backend, manifest["vocab"], layers, units, f"{path} ({runtime} {variant})")
+    return Generator(backend, manifest["vocab"], layers, units, runtime, variant)
+
+
+def check_backend(
+    backend: StepBackend, vocab: list[str], layers: int, units: int, what: str
+) -> None:
+    """One step from the zero state: the model must agree with the manifest it came with.
+
+    A vocabulary shorter than the logits would otherwise fail mid-generation with an
+    IndexError, and a wrong state shape deep inside a runtime.
+    """
+    h = np.zeros((layers, 1, units), np.float32)
+    try:
+        logits, h_out, c_out = backend.step(np.zeros(1, np.int32), h, h.copy())
+    except ModelFileError:
+        raise
+    except Exception as exc:  # each runtime words a shape mismatch its own way
+        raise ModelFileError(
+            f"{what}: the model does not take the manifest's state [layers {layers}, batch, "
+            f"units {units}]: {first_line(exc)}"
+        ) from None
+    if logits.shape != (1, len(vocab)):
+        raise ModelFileError(
+            f"{what}: the model gives {logits.shape[-1]} logits but the manifest's "
+            f"vocabulary has {len(vocab)} characters"
+        )
+    if h_out.shape != h.shape or c_out.shape != h.shape:
+        raise ModelFileError(
+            f"{what}: the model returns state {list(h_out.shape)}, the manifest says "
+            f"{[layers, 1, units]}"
+        )
