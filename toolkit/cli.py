@@ -504,6 +504,12 @@ def main() -> None:
     except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)
+    except OSError as exc:  # disk full, read-only, permissions: what the system said, in a line
+        from toolkit.errors import storage_error
+
+        error = storage_error(exc, exc.filename or "a file")
+        _err(f"error: {error}")
+        sys.exit(error.exit_code)
     except Exception as exc:
         if not _is_usage_error(exc):
             raise

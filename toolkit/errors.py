@@ -45,6 +45,18 @@ class DownloadError(ToolkitError):
     exit_code = 7
 
 
+class StorageError(ToolkitError):
+    """A file could not be written (disk full, read-only, no permission); what was there before
+    is left as it was."""
+
+    exit_code = 9
+
+
+def storage_error(exc: OSError, path: object) -> StorageError:
+    """One line for an OSError while writing `path`."""
+    return StorageError(f"cannot write {path}: {exc.strerror or exc}")
+
+
 class WebError(ToolkitError):
     """The browser site cannot be built or served (no onnxruntime-web, no ONNX model, ...)."""
 

@@ -32,7 +32,7 @@ import numpy as np
 from toolkit import __version__
 from toolkit.config import ModelConfig
 from toolkit.data import Vocabulary, atomic_write_text, load_corpus, split_corpus
-from toolkit.errors import ExportError, UsageError
+from toolkit.errors import ExportError, UsageError, storage_error
 from toolkit.export_micro import (
     CALIBRATION_CHARS,
     MicroLimits,
@@ -749,9 +749,12 @@ def export_run(
                     _log_validation(log, name, backend.name, result)
                     if backend.name != "tflm" and quant == QUANTIZATION_MICRO:
                         extra["validation_litert"] = result.to_dict()
-            (staging / name).write_bytes(data)
-            for companion, content in files.items():
-                (staging / companion).write_bytes(content)
+            try:
+                (staging / name).write_bytes(data)
+                for companion, content in files.items():
+                    (staging / companion).write_bytes(content)
+            except OSError as exc:  # a full disk: the export folder is not touched yet
+                raise storage_error(exc, out_dir / name) from None
             artifacts.append(ExportedArtifact(name, fmt, quant, len(data), result, extra, files))
 
         manifest = _build_manifest(manifest, config, vocab, source.info, artifacts, staging)

@@ -29,7 +29,7 @@ from toolkit.data import (
     load_corpus,
     split_corpus,
 )
-from toolkit.errors import DataError, RunDirError
+from toolkit.errors import DataError, RunDirError, storage_error
 
 LN2 = math.log(2.0)
 RUN_FILES = ("run.json", "config.json", "vocab.json", "model.keras")
@@ -425,8 +425,12 @@ def _train(
 
     def save_model_atomically() -> None:
         tmp = run_dir / ".model.keras.tmp.keras"
-        trainer.model.save(tmp)
-        tmp.replace(run_dir / "model.keras")
+        try:
+            trainer.model.save(tmp)
+            tmp.replace(run_dir / "model.keras")
+        except OSError as exc:  # a full disk: model.keras stays the previous one
+            tmp.unlink(missing_ok=True)
+            raise storage_error(exc, run_dir / "model.keras") from None
 
     budget_s = config.max_minutes * 60 if config.max_minutes else None
     # Tests shorten the mid-epoch checkpoint interval to exercise kill -9 recovery quickly.
