@@ -29,11 +29,16 @@ def test_every_variant_exported_and_validated(tiny_export: Path, tiny_run: Path)
             assert validation["max_abs_logit_diff"] <= 1e-4
             assert validation["argmax_agreement"] == 1.0
         else:
-            assert validation["bpc_ratio"] <= 1.02
+            assert validation["bpc_ratio"] <= (1.03 if "full-int8" in name else 1.02)
     assert manifest["inputs"]["h"]["shape"] == [1, None, 16]
     assert manifest["source"]["best_val_loss"] is not None
     assert "tf2onnx" in manifest["versions"]
     assert not list(tiny_export.parent.glob(".export-*")), "staging folder left behind"
+    card = (tiny_export / "README.md").read_text()  # the model card, from the manifest
+    for name, entry in manifest["artifacts"].items():
+        assert f"| `{name}` |" in card
+        assert f"{entry['validation']['exported_bpc']:.4f}" in card
+    assert f"Command: `{manifest['source']['train_command'] or 'unknown'}`" in card
 
 
 def test_quantized_files_are_smaller(tiny_export: Path) -> None:

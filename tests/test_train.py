@@ -35,6 +35,14 @@ def test_tiny_run_directory_is_complete(tiny_run: Path) -> None:
     assert rows[-1]["val_loss"] < np.log(info["vocab_size"])
     assert info["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in rows), abs=1e-4)
     assert not list(tiny_run.glob("*.tmp*")), "temporary files left behind"
+    # Pictures: curve.png and TensorBoard scalars, refreshed at every validation.
+    assert (tiny_run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = list((tiny_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(tiny_run / "tensorboard")).Reload().Tags()["tensors"]
+    assert {"loss/validation", "bits_per_char/train", "learning_rate"} <= set(scalars)
 
 
 def test_stateful_batches_are_contiguous_streams() -> None:

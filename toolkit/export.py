@@ -44,6 +44,7 @@ from toolkit.export_micro import (
 )
 from toolkit.export_micro import QUANTIZATION as QUANTIZATION_MICRO
 from toolkit.lock import holds_run_dir_lock
+from toolkit.model_card import CARD_NAME, model_card
 from toolkit.quiet import native_stderr_hidden
 from toolkit.runtime.backends import (
     NumpyBackend,
@@ -761,6 +762,7 @@ def export_run(
         if command:
             manifest["source"]["commands"].append(command)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        (staging / CARD_NAME).write_text(model_card(manifest, str(out_dir)), encoding="utf-8")
         _commit(staging, out_dir, [a.file for a in artifacts])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -842,3 +844,4 @@ def _commit(staging: Path, out_dir: Path, files: list[str]) -> None:
                 os.replace(staging / companion, out_dir / companion)
     manifest_text = (staging / MANIFEST_NAME).read_text()
     atomic_write_text(out_dir / MANIFEST_NAME, manifest_text)
+    os.replace(staging / CARD_NAME, out_dir / CARD_NAME)  # the model card, from that manifest

@@ -22,6 +22,7 @@ import numpy as np
 
 from toolkit import __version__
 from toolkit.config import TrainConfig
+from toolkit.curves import CURVE_PNG, TENSORBOARD_DIR, TensorBoardLog, write_curve
 from toolkit.data import (
     Vocabulary,
     atomic_write_bytes,
@@ -367,6 +368,7 @@ def _train(
 
     trainer = Trainer(config, len(vocab))
     model_config = trainer.model_config
+    tensorboard = TensorBoardLog(run_dir)
     state: dict[str, Any] = {
         "epoch": 0,
         "batch": 0,
@@ -413,6 +415,8 @@ def _train(
                 "vocab": "vocab.json",
                 "model": "model.keras",
                 "metrics": "metrics.jsonl",
+                "curve": CURVE_PNG,
+                "tensorboard": TENSORBOARD_DIR,
                 "checkpoints": ["checkpoints/best.npz", "checkpoints/last.npz"],
             },
             "environment": _environment(),
@@ -487,6 +491,8 @@ def _train(
             "chars_per_sec": round(chars / max(seconds, 1e-9), 1),
         }
         append_metrics(row)
+        tensorboard.write(row)
+        write_curve(iter_metrics(run_dir), run_dir / CURVE_PNG, title=run_dir.name)
         log(
             f"epoch {row['epoch']:.2f}: train {train_loss:.4f} nats ({row['train_bpc']:.3f} bpc),"
             f" val {val_loss:.4f} nats ({row['val_bpc']:.3f} bpc), "
@@ -568,6 +574,7 @@ def _train(
         write_run_json("interrupted")
         log(f"interrupted; checkpoint saved. Continue with: toolkit train --resume {run_dir}")
 
+    tensorboard.close()
     if not interrupted:
         write_run_json("finished")
     best = state["best_val_loss"] if state["best_val_loss"] is not None else float("nan")

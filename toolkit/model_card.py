@@ -1,0 +1,121 @@
+"""The model card: README.md of an exported folder, written from its manifest at every export.
+
+What the model is, how it was trained, each file with its size and validation figures, and
+how to use it. Everything comes from manifest.json, so the card never disagrees with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CARD_NAME = "README.md"
+
+USES = {
+    ("onnx", "none"): "onnxruntime, onnxruntime-web (`toolkit web`)",
+    ("onnx", "int8"): "onnxruntime (native: faster than fp32; slower in the browser's wasm)",
+    ("tflite", "none"): "LiteRT",
+    ("tflite", "float16"): "LiteRT (GPU delegates)",
+    ("tflite", "int8"): "LiteRT: the fastest CPU variant",
+    ("tflite", "full-int8"): "TensorFlow Lite Micro on microcontrollers; LiteRT",
+    ("numpy", "none"): "numpy alone",
+}
+GENERATE = {
+    ("onnx", "none"): "--runtime onnx --variant fp32",
+    ("onnx", "int8"): "--runtime onnx --variant int8",
+    ("tflite", "none"): "--runtime tflite --variant fp32",
+    ("tflite", "float16"): "--runtime tflite --variant fp16",
+    ("tflite", "int8"): "--runtime tflite --variant int8",
+    ("tflite", "full-int8"): "--runtime tflm",
+    ("numpy", "none"): "--runtime numpy",
+}
+
+
+def model_card(manifest: dict[str, Any], folder: str) -> str:
+    m = manifest["model"]
+    source = manifest.get("source", {})
+    loss = source.get("best_val_loss")
+    bpc = source.get("best_val_bpc")
+    lines = [
+        f"# {manifest.get('name', 'model')}: a character-level LSTM, one step per character",
+        "",
+        f"A {m['layers']} × {m['units']} LSTM (embedding {m['embedding_dim']}) over "
+        f"{m['vocab_size']} characters, exported by char-lstm-toolkit as a single-step graph "
+        "with explicit state: `token` [batch] int32, `h`, `c` [layers, batch, units] float32 → "
+        "`logits` [batch, vocab], `h_out`, `c_out`. Start from zeros and feed the state back. "
+        "`manifest.json` holds the vocabulary (token id = index), tensor names, shapes and "
+        "checksums.",
+        "",
+        "## Training",
+        "",
+        f"- Command: `{source.get('train_command') or 'unknown'}`",
+        f"- Data: {source.get('data') or 'tiny Shakespeare (bundled with the toolkit)'}",
+        f"- Preset: {source.get('preset') or '–'}; steps: {source.get('steps') or '–'}",
+    ]
+    if loss is not None:
+        lines.append(
+            f"- Best validation loss: {loss:.4f} nats/char ({bpc:.3f} bits/char), over the "
+            "held-out end of the corpus with the state carried"
+        )
+    lines += [
+        "",
+        "## Files",
+        "",
+        "| file | format | quantization | size | validation bits/char | against | for |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for name, entry in manifest["artifacts"].items():
+        v = entry.get("validation") or {}
+        key = (entry["format"], entry["quantization"])
+        figure = (
+            f"{v['exported_bpc']:.4f} ({(v['bpc_ratio'] - 1) * 100:+.2f}%)"
+            if v.get("exported_bpc")
+            else "–"
+        )
+        lines.append(
+            f"| `{name}` | {entry['format']} | {entry['quantization']} | "
+            f"{entry['bytes'] / 1024:,.0f} KiB | {figure} | {v.get('reference', 'Keras') if v else '–'} | "
+            f"{USES.get(key, '')} |"
+        )
+    micro = next((e["micro"] for e in manifest["artifacts"].values() if e.get("micro")), None)
+    lines += [
+        "",
+        "Validation feeds held-out text through each file, carrying the state, and compares "
+        "with the reference: fp32 files must match every logit within 1e-4, quantized ones keep "
+        "bits/char within the stated tolerance.",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        'pip install "char-lstm-toolkit[onnx]"        # or [tflite], [micro]',
+        f'toolkit generate {folder} --prompt "ROMEO:" --temperature 0.8 --length 300',
+    ]
+    for name, entry in manifest["artifacts"].items():
+        flags = GENERATE.get((entry["format"], entry["quantization"]))
+        if flags and entry["quantization"] != "none":
+            lines.append(f"toolkit generate {folder} {flags}   # {name}")
+    if any(e["format"] == "onnx" for e in manifest["artifacts"].values()):
+        lines.append(f"toolkit web {folder} --serve           # in the browser")
+    lines += [
+        "```",
+        "",
+        "```python",
+        "from toolkit.runtime import load",
+        "",
+        f'gen = load("{folder}", runtime="onnx")',
+        'print(gen.generate("ROMEO:", length=200, temperature=0.8, seed=1).texts[0])',
+        "```",
+    ]
+    if micro:
+        lines += [
+            "",
+            "## On a microcontroller",
+            "",
+            f"`model.full-int8.tflite` is also in `model_data.cc` / `model_data.h`: "
+            f"{micro['flash_bytes']:,} bytes of flash, a {micro['arena_bytes']:,}-byte tensor "
+            f"arena (measured in TensorFlow Lite Micro's interpreter), ops "
+            f"{', '.join(micro['ops'])}. Inputs in order: "
+            f"{', '.join(t['name'] for t in micro['inputs'])}; outputs: "
+            f"{', '.join(t['name'] for t in micro['outputs'])}. The header has the "
+            "quantization of each and how to carry the int8 state.",
+        ]
+    return "\n".join(lines) + "\n"
