@@ -213,9 +213,13 @@ class Generator:
 
 
 def default_model_dir(runtime: str = "onnx") -> Path:
-    """The model `generate` uses when none is named: exported/shakespeare (or runs/ for keras)."""
+    """The model `generate` uses when none is named: exported/shakespeare here, in the
+    checkout, or the copy inside an installed wheel (runs/shakespeare for keras)."""
     sub = ("runs" if runtime == "keras" else "exported", DEFAULT_MODEL_NAME)
-    candidates = [Path.cwd().joinpath(*sub), Path(__file__).resolve().parents[2].joinpath(*sub)]
+    package = Path(__file__).resolve().parents[1]
+    candidates = [Path.cwd().joinpath(*sub), package.parent.joinpath(*sub)]
+    if runtime != "keras":
+        candidates.append(package / "models" / DEFAULT_MODEL_NAME)
     for candidate in candidates:
         marker = "run.json" if runtime == "keras" else "manifest.json"
         if (candidate / marker).exists():
