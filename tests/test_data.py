@@ -98,7 +98,9 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path: Path, monkeypatch) -> 
         raise OSError("disk full")
 
     monkeypatch.setattr("os.replace", boom)
-    with pytest.raises(OSError):
+    from toolkit.errors import StorageError
+
+    with pytest.raises(StorageError, match="cannot write .*f.txt: disk full"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
