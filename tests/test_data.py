@@ -22,7 +22,7 @@ from toolkit.data import (
     load_corpus,
     split_corpus,
 )
-from toolkit.errors import DataError, DownloadError
+from toolkit.errors import DataError, DownloadError, StorageError
 
 
 def test_bundled_corpus_is_tiny_shakespeare() -> None:
@@ -98,9 +98,7 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path: Path, monkeypatch) -> 
         raise OSError("disk full")
 
     monkeypatch.setattr("os.replace", boom)
-    from toolkit.errors import StorageError
-
-    with pytest.raises(StorageError, match="cannot write .*f.txt: disk full"):
+    with pytest.raises(StorageError, match=r"cannot write .*f\.txt: disk full"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
