@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolkit.runtime.manifest import VARIANTS
+
 CARD_NAME = "README.md"
 
 USES = {
@@ -19,15 +21,14 @@ USES = {
     ("tflite", "full-int8"): "TensorFlow Lite Micro on microcontrollers; LiteRT",
     ("numpy", "none"): "numpy alone",
 }
-GENERATE = {
-    ("onnx", "none"): "--runtime onnx --variant fp32",
-    ("onnx", "int8"): "--runtime onnx --variant int8",
-    ("tflite", "none"): "--runtime tflite --variant fp32",
-    ("tflite", "float16"): "--runtime tflite --variant fp16",
-    ("tflite", "int8"): "--runtime tflite --variant int8",
-    ("tflite", "full-int8"): "--runtime tflm",
-    ("numpy", "none"): "--runtime numpy",
-}
+
+
+def generate_flags(fmt: str, quantization: str) -> str:
+    """The `toolkit generate` options that pick this file."""
+    if quantization == "full-int8":
+        return "--runtime tflm"
+    variant = {q: v for v, q in VARIANTS.items()}[quantization]
+    return f"--runtime {fmt} --variant {variant}"
 
 
 def model_card(manifest: dict[str, Any], folder: str) -> str:
@@ -90,8 +91,8 @@ def model_card(manifest: dict[str, Any], folder: str) -> str:
         f'toolkit generate {folder} --prompt "ROMEO:" --temperature 0.8 --length 300',
     ]
     for name, entry in manifest["artifacts"].items():
-        flags = GENERATE.get((entry["format"], entry["quantization"]))
-        if flags and entry["quantization"] != "none":
+        if entry["quantization"] != "none":
+            flags = generate_flags(entry["format"], entry["quantization"])
             lines.append(f"toolkit generate {folder} {flags}   # {name}")
     if any(e["format"] == "onnx" for e in manifest["artifacts"].values()):
         lines.append(f"toolkit web {folder} --serve           # in the browser")

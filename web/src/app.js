@@ -181,12 +181,20 @@ function describe(model) {
   return `${model.manifest.name}: ${m.layers} × ${m.units} LSTM, ${m.vocab_size} characters, ${model.file} (${kib} KiB${quality})`;
 }
 
-// Give the browser a macrotask every ~16 ms so it paints the stream and handles Stop. Not
-// after every character: nested setTimeout is clamped to 4 ms, longer than a step.
+// Give the browser a task boundary every ~16 ms (a frame) so it paints the stream and handles
+// Stop. Through a MessageChannel: nested setTimeout(0) is clamped to 4 ms, longer than a step.
+const channel = new MessageChannel();
+const waiting = [];
+channel.port1.onmessage = () => waiting.shift()?.();
+const nextTask = () =>
+  new Promise((resolve) => {
+    waiting.push(resolve);
+    channel.port2.postMessage(null);
+  });
 let lastPause = 0;
 async function letThePagePaint() {
   if (performance.now() - lastPause < 16) return;
-  await new Promise((resolve) => setTimeout(resolve, 0));
+  await nextTask();
   lastPause = performance.now();
 }
 
