@@ -61,7 +61,8 @@ def test_committed_model_runs_on_a_microcontroller() -> None:
     entry = read_manifest(MODEL)["artifacts"]["model.full-int8.tflite"]
     validation = entry["validation"]
     assert "TensorFlow Lite Micro" in validation["criterion"] and validation["passed"]
-    assert validation["exported_bpc"] <= 1.03 * validation["keras_bpc"]
+    # The cell clip keeps full-integer quality close to fp32 (+2% without it).
+    assert validation["exported_bpc"] <= 1.01 * validation["keras_bpc"]
     assert 0 < entry["micro"]["arena_bytes"] <= 64 * 1024
     data = parse_c_array((MODEL / "model_data.cc").read_text())
     assert sha256_bytes(data) == entry["sha256"]

@@ -35,6 +35,7 @@ from toolkit.data import Vocabulary, atomic_write_text, load_corpus, split_corpu
 from toolkit.errors import ExportError, UsageError, storage_error
 from toolkit.export_micro import (
     CALIBRATION_CHARS,
+    CELL_CLIP,
     MicroLimits,
     boundary_tensors,
     c_array_files,
@@ -259,7 +260,10 @@ def folded_weights_from_onnx(data: bytes, config: ModelConfig) -> dict[str, np.n
 
 
 def make_step_module(
-    folded: dict[str, np.ndarray], config: ModelConfig, batch: int | None = None
+    folded: dict[str, np.ndarray],
+    config: ModelConfig,
+    batch: int | None = None,
+    cell_clip: float | None = None,
 ) -> Any:
     """A tf.Module whose single tf.function is the LSTM step, written as explicit gate math.
 
@@ -268,6 +272,7 @@ def make_step_module(
     are tf.Variables owned by the module: tf2onnx turns captured constants into extra graph
     inputs, and the TFLite converter needs the owning module to freeze the variables.
     `batch` fixes the batch dimension (microcontrollers need static shapes); None keeps it free.
+    `cell_clip` clips the cell state to [-clip, clip] (see export_micro.CELL_CLIP).
     """
     import tensorflow as tf
 
@@ -299,6 +304,8 @@ def make_step_module(
                     z = z + w[f"bias_{layer}"]
                 i, f, g, o = tf.split(z, 4, axis=1)
                 c_new = tf.sigmoid(f) * c[layer] + tf.sigmoid(i) * tf.tanh(g)
+                if cell_clip is not None:
+                    c_new = tf.clip_by_value(c_new, -cell_clip, cell_clip)
                 x = tf.sigmoid(o) * tf.tanh(c_new)
                 h_out.append(x)
                 c_out.append(c_new)
@@ -710,12 +717,14 @@ def export_run(
                 ids = train_ids
                 if calibration_data is not None:
                     ids = _calibration_ids(calibration_data, vocab, log)
-                samples = calibration_samples(folded, config, ids, calibration_chars)
+                samples = calibration_samples(folded, config, ids, calibration_chars, CELL_CLIP)
                 with native_stderr_hidden():  # the converter prints its settings
-                    data = convert_full_int8(make_step_module(folded, config, batch=1), samples)
+                    module_b1 = make_step_module(folded, config, batch=1, cell_clip=CELL_CLIP)
+                    data = convert_full_int8(module_b1, samples)
                 micro: dict[str, Any] = {
                     "calibration_chars": len(samples),
                     "calibration_data": str(calibration_data or "training text"),
+                    "cell_clip": CELL_CLIP,
                     **boundary_tensors(data),
                 }
                 micro["arena_bytes"], micro["arena_used_bytes"] = tflm_arena_bytes(data)
