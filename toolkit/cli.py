@@ -142,6 +142,10 @@ def train(
     layers: Annotated[int | None, typer.Option()] = None,
     dropout: Annotated[float | None, typer.Option()] = None,
     val_fraction: Annotated[float | None, typer.Option()] = None,
+    reset_prob: Annotated[
+        float | None,
+        typer.Option(help="chance a stream's state is zeroed at a window border (cold starts)"),
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     sample: Annotated[bool, typer.Option(help="print a short sample after each epoch")] = True,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -165,6 +169,7 @@ def train(
             "layers": layers,
             "dropout": dropout,
             "val_fraction": val_fraction,
+            "reset_prob": reset_prob,
             "seed": seed,
         }.items()
         if v is not None

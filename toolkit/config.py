@@ -36,6 +36,9 @@ class TrainConfig:
     clip_norm: float = 1.0
     jit_compile: bool = False  # XLA for the training step
     stateful: bool = True  # carry LSTM state across consecutive windows (char-rnn style)
+    # Probability that a stream's carried state is zeroed at a window border. Carried state
+    # alone almost never trains the zero state every generation starts from (toolkit/cold_start.py).
+    reset_prob: float = 0.0
     epochs: int = 100
     max_minutes: float | None = 10.0
     val_fraction: float = 0.1
@@ -66,6 +69,7 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.embedding_dim >= 1, "embedding_dim must be >= 1"),
+            (0.0 <= self.reset_prob <= 1.0, "reset-prob must be in [0, 1]"),
             (self.units >= 1, "units must be >= 1"),
             (self.layers >= 1, "layers must be >= 1"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from toolkit import __version__
+from toolkit.cold_start import ColdStart, common_line_starts, corpus_words
+from toolkit.cold_start import measure as measure_cold_start
 from toolkit.config import TrainConfig
 from toolkit.curves import CURVE_PNG, TENSORBOARD_DIR, TensorBoardLog, write_curve
 from toolkit.data import (
@@ -274,6 +276,19 @@ class Trainer:
             count += y.size
         return total / max(1, count)
 
+    def cold_start(
+        self, vocab: Vocabulary, val_ids: np.ndarray, prompts: list[str], words: set[str]
+    ) -> ColdStart:
+        """Zero-state quality of the current weights (numpy step: no dropout, no TF calls)."""
+        from toolkit.model import lstm_weights
+        from toolkit.runtime.backends import NumpyBackend, fold_weights
+
+        cfg = self.model_config
+        backend = NumpyBackend(fold_weights(lstm_weights(self.model, cfg), cfg.layers), cfg.layers)
+        return measure_cold_start(
+            backend, cfg.layers, cfg.units, list(vocab.chars), val_ids, prompts, words
+        )
+
     def sample(self, vocab: Vocabulary, prompt: str, length: int, seed: int) -> str:
         """A short sample for the per-epoch log: the runtime's sampler on the Keras model."""
         from toolkit.keras_runtime import KerasBackend
@@ -368,6 +383,8 @@ def _train(
 
     trainer = Trainer(config, len(vocab))
     model_config = trainer.model_config
+    cold_prompts = common_line_starts(text)  # "ROMEO:", "KING RICHARD III:", ...
+    known_words = corpus_words(text)
     tensorboard = TensorBoardLog(run_dir)
     state: dict[str, Any] = {
         "epoch": 0,
@@ -410,6 +427,7 @@ def _train(
             if state["best_val_loss"] is not None
             else None,
             "last_val_loss": state["last_val_loss"],
+            "cold_start": state.get("cold_start"),
             "files": {
                 "config": "config.json",
                 "vocab": "vocab.json",
@@ -471,6 +489,7 @@ def _train(
     def record_point(partial: bool, h: Any, c: Any) -> None:
         """Validate, log a metrics row, write best/last checkpoints and run.json."""
         val_loss = trainer.evaluate(val_ids)
+        cold = trainer.cold_start(vocab, val_ids, cold_prompts, known_words)
         train_loss = float(np.mean(window["losses"])) if window["losses"] else float("nan")
         seconds = state["elapsed_s"] - window["elapsed_s"]
         chars = state["chars_seen"] - window["chars"]
@@ -489,14 +508,18 @@ def _train(
             "val_bpc": round(bits_per_char(val_loss), 5),
             "lr": float(trainer.optimizer.learning_rate.numpy()),
             "chars_per_sec": round(chars / max(seconds, 1e-9), 1),
+            **cold.to_dict(),
         }
+        state["cold_start"] = cold.to_dict()
         append_metrics(row)
         tensorboard.write(row)
         write_curve(iter_metrics(run_dir), run_dir / CURVE_PNG, title=run_dir.name)
         log(
             f"epoch {row['epoch']:.2f}: train {train_loss:.4f} nats ({row['train_bpc']:.3f} bpc),"
             f" val {val_loss:.4f} nats ({row['val_bpc']:.3f} bpc), "
-            f"{row['chars_per_sec']:,.0f} chars/s{'  *best' if improved else ''}"
+            f"{row['chars_per_sec']:,.0f} chars/s; from zeros at line starts "
+            f"{cold.line_start_loss:.4f} nats (+{cold.line_start_loss - val_loss:.3f}), "
+            f"{cold.degenerate}/{cold.prompts} degenerate starts{'  *best' if improved else ''}"
         )
         if not partial:  # epoch complete: the next one starts from zero state
             state["epoch"] += 1
@@ -541,6 +564,10 @@ def _train(
                     if not config.stateful:
                         h, c = zero_state(model_config, config.batch_size)
                     loss, h, c = trainer.train_step(x, y, h, c)
+                    if config.reset_prob > 0:  # some streams start the next window from zeros
+                        draw = np.random.default_rng([config.seed, state["step"]])
+                        keep = draw.random(config.batch_size) >= config.reset_prob
+                        h, c = h * keep[:, None, None], c * keep[:, None, None]
                     window["losses"].append(float(loss))
                     state["batch"] += 1
                     state["step"] += 1
