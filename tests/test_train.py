@@ -182,3 +182,30 @@ def test_resume_after_kill_9(tmp_path: Path, small_corpus: Path) -> None:
     )
     assert bad.returncode != 0
     assert "incompatible" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_precisions_export_float32_graphs_that_match_keras(
+    precision: str, small_corpus: Path, tmp_path: Path, tiny_config
+) -> None:
+    """bf16 training (mixed_bfloat16) still exports graphs equal to the Keras model in fp32."""
+    import dataclasses
+
+    from toolkit.export import export_run
+    from toolkit.train import train
+
+    config = dataclasses.replace(tiny_config, epochs=1, precision=precision)
+    run = tmp_path / "run"
+    train(config, run, data=small_corpus, log=lambda _: None, progress_bar=False)
+    assert json.loads((run / "run.json").read_text())["precision"] == precision
+    _, artifacts = export_run(run, tmp_path / "exp", formats=["onnx"], log=lambda _: None)
+    validation = artifacts[0].validation
+    assert validation is not None and validation.passed
+    assert validation.max_abs_logit_diff <= 1e-4
+
+
+def test_auto_precision_follows_the_cpu() -> None:
+    from toolkit.config import cpu_has_bf16, resolve_precision
+
+    assert resolve_precision("auto") == ("bf16" if cpu_has_bf16() else "fp32")
+    assert resolve_precision("fp32") == "fp32"

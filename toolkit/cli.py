@@ -65,6 +65,12 @@ class Quantize(str, Enum):
     all = "all"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
 class Unknown(str, Enum):
     error = "error"
     skip = "skip"
@@ -142,6 +148,9 @@ def train(
     layers: Annotated[int | None, typer.Option()] = None,
     dropout: Annotated[float | None, typer.Option()] = None,
     val_fraction: Annotated[float | None, typer.Option()] = None,
+    precision: Annotated[
+        Precision, typer.Option(help="training compute: auto = bf16 where the CPU has it")
+    ] = Precision.auto,
     reset_prob: Annotated[
         float | None,
         typer.Option(help="chance a stream's state is zeroed at a window border (cold starts)"),
@@ -170,6 +179,7 @@ def train(
             "dropout": dropout,
             "val_fraction": val_fraction,
             "reset_prob": reset_prob,
+            "precision": None if precision == Precision.auto else precision.value,
             "seed": seed,
         }.items()
         if v is not None

@@ -39,6 +39,10 @@ class TrainConfig:
     # Probability that a stream's carried state is zeroed at a window border. Carried state
     # alone almost never trains the zero state every generation starts from (toolkit/cold_start.py).
     reset_prob: float = 0.0
+    # Compute precision of training: "bf16" (Keras mixed_bfloat16: bf16 math, float32
+    # weights), "fp32", or "auto" = bf16 where the CPU has bf16 instructions (1.3-1.8x the
+    # characters per second here). Validation, export and every runtime stay float32.
+    precision: str = "auto"
     epochs: int = 100
     max_minutes: float | None = 10.0
     val_fraction: float = 0.1
@@ -69,6 +73,7 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.embedding_dim >= 1, "embedding_dim must be >= 1"),
+            (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
             (0.0 <= self.reset_prob <= 1.0, "reset-prob must be in [0, 1]"),
             (self.units >= 1, "units must be >= 1"),
             (self.layers >= 1, "layers must be >= 1"),
@@ -155,6 +160,22 @@ PRESETS: dict[str, TrainConfig] = {
         epochs=20,
     ),
 }
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo); elsewhere, assume not."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return precision
 
 
 def preset(name: str) -> TrainConfig:

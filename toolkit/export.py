@@ -120,7 +120,9 @@ def load_keras_run(run_dir: Path) -> tuple[Any, ModelConfig, Vocabulary, dict[st
         model = keras.models.load_model(run_dir / "model.keras", compile=False)
     except Exception as exc:  # keras raises many types for a damaged file
         raise ExportError(f"cannot load {run_dir / 'model.keras'}: {exc}") from None
-    return model, config, vocab, info
+    from toolkit.model import float32_model
+
+    return float32_model(model, config), config, vocab, info
 
 
 @dataclass

@@ -59,6 +59,9 @@ def load_keras_generator(run_dir: Path) -> Generator:
         raise ModelFileError(f"not a run directory (no run.json): {run_dir}")
     info = json.loads((run_dir / "run.json").read_text())
     vocab = json.loads((run_dir / "vocab.json").read_text(encoding="utf-8"))
-    model = load_keras_model(run_dir)
     m = info["model"]
+    from toolkit.config import ModelConfig
+    from toolkit.model import float32_model
+
+    model = float32_model(load_keras_model(run_dir), ModelConfig(**m))
     return Generator(KerasBackend(model), vocab, int(m["layers"]), int(m["units"]), "keras", "fp32")

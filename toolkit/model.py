@@ -18,7 +18,28 @@ import numpy as np
 from toolkit.config import ModelConfig
 
 
-def build_model(config: ModelConfig) -> keras.Model:
+def build_model(config: ModelConfig, dtype_policy: str = "float32") -> keras.Model:
+    """The model; `dtype_policy` "mixed_bfloat16" computes in bf16 with float32 weights."""
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(dtype_policy)
+    try:
+        return _build(config)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+def float32_model(model: keras.Model, config: ModelConfig) -> keras.Model:
+    """`model` itself if it computes in float32, else a float32 copy with the same weights
+    (a bf16-trained model is validated and exported in float32)."""
+    # The functional Model's own policy stays float32; its layers carry the mixed one.
+    if all(layer.compute_dtype == "float32" for layer in model.layers):
+        return model
+    twin = build_model(config)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _build(config: ModelConfig) -> keras.Model:
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     h_in = keras.Input(shape=(config.layers, config.units), name="h")
     c_in = keras.Input(shape=(config.layers, config.units), name="c")
@@ -35,7 +56,8 @@ def build_model(config: ModelConfig) -> keras.Model:
         c_out.append(c)
     if config.dropout > 0:
         x = keras.layers.Dropout(config.dropout, name="dropout_out")(x)
-    logits = keras.layers.Dense(config.vocab_size, name="logits")(x)
+    # float32 logits (and loss) even when the rest computes in bf16
+    logits = keras.layers.Dense(config.vocab_size, name="logits", dtype="float32")(x)
     outputs = {
         "logits": logits,
         "h_out": keras.ops.stack(h_out, axis=1),

@@ -219,12 +219,17 @@ class Trainer:
         import keras
         import tensorflow as tf
 
+        from toolkit.config import resolve_precision
         from toolkit.model import build_model
 
         keras.utils.set_random_seed(config.seed)
         self.config = config
         self.model_config = config.model_config(vocab_size)
-        self.model = build_model(self.model_config)
+        self.precision = resolve_precision(config.precision)
+        policy = "mixed_bfloat16" if self.precision == "bf16" else "float32"
+        self.model = build_model(self.model_config, policy)
+        # Validation, samples and cold-start figures use float32, like every exported graph.
+        self.eval_model = self.model if policy == "float32" else build_model(self.model_config)
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         self.optimizer.build(self.model.trainable_variables)
         model, optimizer, clip = self.model, self.optimizer, config.clip_norm
@@ -242,11 +247,14 @@ class Trainer:
             grads = tape.gradient(loss, model.trainable_variables)
             grads, _ = tf.clip_by_global_norm(grads, clip)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss, out["h_out"], out["c_out"]
+            # The carried state stays float32 between windows, whatever the compute precision.
+            return loss, tf.cast(out["h_out"], tf.float32), tf.cast(out["c_out"], tf.float32)
+
+        eval_model = self.eval_model
 
         @tf.function(reduce_retracing=True, autograph=False)
         def eval_step(x: Any, y: Any, h: Any, c: Any) -> Any:
-            out = model({"tokens": x, "h": h, "c": c}, training=False)
+            out = eval_model({"tokens": x, "h": h, "c": c}, training=False)
             total = tf.reduce_sum(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=out["logits"])
             )
@@ -255,11 +263,16 @@ class Trainer:
         self.train_step = train_step
         self.eval_step = eval_step
 
+    def sync_eval_model(self) -> None:
+        if self.eval_model is not self.model:
+            self.eval_model.set_weights(self.model.get_weights())
+
     def set_learning_rate(self, value: float) -> None:
         self.optimizer.learning_rate.assign(value)
 
     def evaluate(self, ids: np.ndarray, streams: int = 16, chunk: int = 256) -> float:
         """Mean loss in nats over the whole text, carrying state through contiguous streams."""
+        self.sync_eval_model()
         streams = max(1, min(streams, (len(ids) - 1) // 2))
         stream_len = (len(ids) - 1) // streams
         x_all = np.stack([ids[i * stream_len : (i + 1) * stream_len] for i in range(streams)])
@@ -295,8 +308,9 @@ class Trainer:
         from toolkit.runtime.generator import Generator
 
         cfg = self.model_config
+        self.sync_eval_model()
         generator = Generator(
-            KerasBackend(self.model), list(vocab.chars), cfg.layers, cfg.units, "keras", "fp32"
+            KerasBackend(self.eval_model), list(vocab.chars), cfg.layers, cfg.units, "keras", "fp32"
         )
         return prompt + generator.generate(prompt, length, temperature=0.8, seed=seed).texts[0]
 
@@ -437,6 +451,7 @@ def _train(
                 "tensorboard": TENSORBOARD_DIR,
                 "checkpoints": ["checkpoints/best.npz", "checkpoints/last.npz"],
             },
+            "precision": trainer.precision,
             "environment": _environment(),
         }
         atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
@@ -469,7 +484,7 @@ def _train(
         f"corpus: {len(text):,} chars, vocab {len(vocab)}, train {len(train_ids):,} / "
         f"val {len(val_ids):,}; model {model_config.layers}x{model_config.units} "
         f"(emb {model_config.embedding_dim}), {trainer.model.count_params():,} params; "
-        f"{n_batches} batches/epoch"
+        f"{n_batches} batches/epoch; {trainer.precision} compute"
     )
 
     def progress_fraction() -> float:
@@ -567,7 +582,8 @@ def _train(
                     if config.reset_prob > 0:  # some streams start the next window from zeros
                         draw = np.random.default_rng([config.seed, state["step"]])
                         keep = draw.random(config.batch_size) >= config.reset_prob
-                        h, c = h * keep[:, None, None], c * keep[:, None, None]
+                        mask = tf.constant(keep[:, None, None], dtype=h.dtype)
+                        h, c = h * mask, c * mask
                     window["losses"].append(float(loss))
                     state["batch"] += 1
                     state["step"] += 1
