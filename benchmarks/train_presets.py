@@ -75,6 +75,12 @@ def summarize(name: str, run_dir: Path) -> dict:
         "target_val_loss": TARGETS.get(name),
         "met_target": best["val_loss"] <= TARGETS[name] if name in TARGETS else None,
         "curve": [(r["elapsed_s"], r["val_loss"]) for r in rows],
+        "precision": info.get("precision", "fp32"),
+        # Zero-state figures at the best validation (toolkit/cold_start.py), when recorded.
+        "cold_loss": best.get("cold_loss"),
+        "cold_loss_first8": best.get("cold_loss_first8"),
+        "degenerate_starts": best.get("degenerate_starts"),
+        "cold_prompts": best.get("cold_prompts"),
         "run_command": info.get("command"),
         "sample": "ROMEO:" + sample(run_dir),
     }
@@ -136,6 +142,32 @@ def markdown(results: list[dict], command: str, machine: dict, note: str = "") -
             f"{r['final_val_loss']:.4f} | ≤ {r['target_val_loss']} | "
             f"{'yes' if r['met_target'] else 'no'} |"
         )
+    lines += [
+        "",
+        "## From the zero state",
+        "",
+        "Every generation starts from zeros; carried-state validation never does. Line-start "
+        "loss: the first 64 characters of 256 validation windows that begin a line, from zeros "
+        "(first 8 in brackets). Degenerate: greedy starts after the 40 most common speaker lines "
+        "that fail toolkit/cold_start.py's tests. At each preset's best validation. Targets: "
+        "line-start loss ≤ carried + 0.12 nats, 0 of 40 degenerate.",
+        "",
+        "| preset | precision | carried val loss | line-start loss (first 8) | Δ | degenerate | met |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        if r.get("cold_loss") is None:
+            lines.append(
+                f"| {r['preset']} | {r['precision']} | {r['best_val_loss']:.4f} | – | – | – | – |"
+            )
+            continue
+        delta = r["cold_loss"] - r["best_val_loss"]
+        met = delta <= 0.12 and r["degenerate_starts"] == 0
+        lines.append(
+            f"| {r['preset']} | {r['precision']} | {r['best_val_loss']:.4f} | "
+            f"{r['cold_loss']:.4f} ({r['cold_loss_first8']:.3f}) | {delta:+.3f} | "
+            f"{r['degenerate_starts']}/{r['cold_prompts']} | {'yes' if met else 'no'} |"
+        )
     lines += ["", "Each run's own command (from its run.json):", ""]
     lines += [f"- {r['preset']}: `{r['run_command']}`" for r in results]
     if note:
@@ -159,9 +191,13 @@ def main() -> None:
         for name in names:
             train_preset(name, args.runs)
     results = [summarize(name, args.runs / name) for name in names]
-    command = "python benchmarks/train_presets.py " + " ".join(
-        a for a in sys.argv[1:] if not a.startswith("--note")
-    )
+    argv = sys.argv[1:]
+    shown = [  # without --note and its text
+        a
+        for i, a in enumerate(argv)
+        if not a.startswith("--note") and not (i > 0 and argv[i - 1] == "--note")
+    ]
+    command = "python benchmarks/train_presets.py " + " ".join(shown)
     machine = machine_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
