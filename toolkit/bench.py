@@ -25,7 +25,7 @@ import numpy as np
 
 from toolkit.data import atomic_write_bytes, atomic_write_text
 from toolkit.errors import UsageError
-from toolkit.runtime.manifest import read_manifest
+from toolkit.runtime.manifest import file_format, read_manifest
 
 # name -> (kind, format, quantization). Order is the order of the report.
 RUNTIMES: dict[str, tuple[str, str, str]] = {
@@ -347,7 +347,7 @@ def run_bench(
     run_dir = Path(run_dir)
     model_dir = Path(model_dir) if model_dir else Path("exported") / run_dir.resolve().name
     needs = {
-        (_file_format(RUNTIMES[r][1]), RUNTIMES[r][2])
+        (file_format(RUNTIMES[r][1]), RUNTIMES[r][2])
         for r in config.runtimes
         if RUNTIMES[r][0] == "exported"
     }
@@ -415,7 +415,7 @@ def run_bench(
         kind, fmt, quant = RUNTIMES[runtime]
         entry: dict[str, Any] = {}
         if kind == "exported":
-            art = _artifact(manifest, _file_format(fmt), quant)
+            art = _artifact(manifest, file_format(fmt), quant)
             entry["file"] = art[0]
             entry["bytes"] = art[1]["bytes"]
             validation = art[1].get("validation") or {}
@@ -476,10 +476,6 @@ def _has_all(model_dir: Path, needs: set[tuple[str, str]]) -> bool:
     from toolkit.runtime.manifest import artifact_name
 
     return all(artifact_name(f, q) in manifest["artifacts"] for f, q in needs)
-
-
-def _file_format(fmt: str) -> str:
-    return "tflite" if fmt == "tflm" else fmt  # TFLite Micro runs the .tflite file
 
 
 def _artifact(manifest: dict[str, Any], fmt: str, quant: str) -> tuple[str, dict[str, Any]]:

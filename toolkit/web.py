@@ -22,7 +22,6 @@ from pathlib import Path
 
 from toolkit import __version__
 from toolkit.errors import UsageError, WebError
-from toolkit.runtime.backends import first_line
 from toolkit.runtime.manifest import ARTIFACT_FILES, MANIFEST_NAME, read_manifest, read_verified
 
 # The JS project: page sources, node tests, package.json and its lock file.
@@ -70,7 +69,8 @@ def ort_dist(
         text=True,
     )
     if proc.returncode != 0 or not all((dist / f).exists() for f in ORT_FILES):
-        raise WebError(f"npm ci failed in {web_dir}: {first_line(RuntimeError(proc.stderr))}")
+        said = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise WebError(f"npm ci failed in {web_dir}: {said}")
     return dist
 
 

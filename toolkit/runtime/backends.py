@@ -171,10 +171,8 @@ class TFLiteBackend:
         self._out_idx = {n: d["index"] for n, d in self.output_details.items()}
         # A full-integer model has int8 state and logits at its boundary, and batch fixed to 1.
         self.codec = QuantizedIO.from_details(
-            {n: _litert_quant(d) for n, d in self.input_details.items()},
-            {n: _litert_quant(d) for n, d in self.output_details.items()},
+            {n: _litert_quant(d) for n, d in {**self.input_details, **self.output_details}.items()}
         )
-        self.fixed_batch = int(self.input_details["token"]["shape_signature"][0]) == 1
         self._shape: tuple[int, ...] | None = None
         layers, units = self.input_details["h"]["shape_signature"][[0, 2]]
         # Allocate for batch 1 now, so that loading (and LiteRT's delegate log line, hidden
@@ -232,14 +230,11 @@ class QuantizedIO:
         self.params = params  # tensor name -> (scale, zero point), int8 tensors only
 
     @classmethod
-    def from_details(
-        cls,
-        inputs: dict[str, tuple[Any, float, int]],
-        outputs: dict[str, tuple[Any, float, int]],
-    ) -> QuantizedIO | None:
+    def from_details(cls, tensors: dict[str, tuple[Any, float, int]]) -> QuantizedIO | None:
+        """From (dtype, scale, zero point) by tensor name; None if nothing is int8."""
         params = {
             name: (scale, zero)
-            for name, (dtype, scale, zero) in {**inputs, **outputs}.items()
+            for name, (dtype, scale, zero) in tensors.items()
             if dtype == np.int8 and scale > 0
         }
         return cls(params) if params else None
@@ -285,17 +280,18 @@ class TFLMBackend:
 
     name = "tflm"
 
-    def __init__(self, data: bytes, micro: dict[str, Any], arena_bytes: int | None = None) -> None:
+    def __init__(self, data: bytes, micro: dict[str, Any]) -> None:
         try:
             from tflite_micro.python.tflite_micro import runtime as tflm
         except ImportError:
             raise ModelFileError(
                 "tflite-micro is not installed: pip install 'char-lstm-toolkit[micro]'"
             ) from None
-        arena = int(arena_bytes or micro["arena_bytes"])
         try:
             with native_stderr_hidden():
-                self.interpreter = tflm.Interpreter.from_bytes(data, arena_size=arena)
+                self.interpreter = tflm.Interpreter.from_bytes(
+                    data, arena_size=int(micro["arena_bytes"])
+                )
         except Exception as exc:  # RuntimeError with the allocator's report
             raise ModelFileError(f"TFLite Micro cannot load the model: {first_line(exc)}") from None
         self.inputs = [t["name"] for t in micro["inputs"]]
@@ -335,10 +331,9 @@ def first_line(exc: BaseException) -> str:
 def load_backend(
     model_dir: Path, manifest: dict[str, Any], runtime: str, quantization: str, threads: int
 ) -> StepBackend:
-    from toolkit.runtime.manifest import find_artifact, read_verified
+    from toolkit.runtime.manifest import file_format, find_artifact, read_verified
 
-    fmt = "tflite" if runtime == "tflm" else runtime  # TFLite Micro runs .tflite files
-    entry = find_artifact(manifest, fmt, quantization)
+    entry = find_artifact(manifest, file_format(runtime), quantization)
     data = read_verified(model_dir, entry)
     layers = int(manifest["model"]["layers"])
     if runtime == "onnx":

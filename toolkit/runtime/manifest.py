@@ -29,6 +29,11 @@ ARTIFACT_FILES: dict[tuple[str, str], str] = {
 VARIANTS = {"fp32": "none", "fp16": "float16", "int8": "int8", "full-int8": "full-int8"}
 
 
+def file_format(runtime: str) -> str:
+    """The format of the file a runtime reads: TFLite Micro runs .tflite files."""
+    return "tflite" if runtime == "tflm" else runtime
+
+
 def resolve_variant(manifest: dict[str, Any], fmt: str, variant: str) -> str:
     """'auto' picks the most precise variant of `fmt` present in the folder (fp32 first)."""
     if fmt == "tflm":  # TFLite Micro runs the full-integer model and nothing else
