@@ -51,6 +51,15 @@ def test_bench_smoke(tiny_run: Path, tiny_export: Path, tmp_path: Path) -> None:
     for runtime in RUNTIMES:  # every runtime but predict times a prompt warm-up
         ttfc = report["runtimes"][runtime]["ttfc_1000_s"]
         assert (ttfc is None) == (runtime == "keras-predict"), runtime
+    # End-to-end generation beside the step alone, for every exported runtime and batch.
+    generation = {(r["runtime"], r["batch"]): r for r in report["generation"]}
+    assert ("onnx-fp32", 1) in generation and ("tflite-int8", 4) in generation
+    assert ("tflm-full-int8", 4) not in generation and ("keras-call", 1) not in generation
+    for r in generation.values():
+        assert r["step_chars_per_sec"] > 0 and r["generate_chars_per_sec"] > 0
+        assert r["ratio"] == pytest.approx(r["generate_chars_per_sec"] / r["step_chars_per_sec"])
+    assert "## End-to-end generation against the step alone" in md
+    assert report["targets"]["generate_over_step_min"]["ratio"] > 0
     assert report["machine"]["cores"] >= 1
     assert report["targets"]["best_exported_batch1"] in RUNTIMES
 

@@ -336,6 +336,91 @@ def time_to_first_char(factory: StepFactory, runtime: str, prompt: str) -> float
     return gen.generate(prompt, length=1, temperature=0, unknown="skip").time_to_first_char_s
 
 
+# End-to-end generation is measured as `toolkit generate` runs: sampling at temperature 0.8,
+# a stop string set (one that does not occur, so every row runs to the end) and streaming on.
+GENERATION_SETTINGS: dict[str, Any] = {"temperature": 0.8, "stop": "THE END", "prompt": "ROMEO:"}
+GENERATION_STEPS = {1: 1000, 32: 200}  # characters per row per round, by batch
+
+
+def measure_generation(
+    model_dir: Path,
+    runtimes: list[str],
+    batches: list[int],
+    threads: int,
+    rounds: int,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """End-to-end `generate` chars/s beside the step-only chars/s of the same backend.
+
+    Both are timed in the same interleaved rounds (order shuffled each round): a block of bare
+    `backend.step` calls, and a `Generator.generate` of the same number of steps with the
+    settings above. The ratio generate/step says what sampling and bookkeeping cost.
+    """
+    from toolkit.runtime.generator import load
+
+    rng = np.random.default_rng(1)
+    jobs: dict[tuple[str, int], dict[str, Any]] = {}
+    for runtime in runtimes:
+        if runtime not in GENERATE_RUNTIME or RUNTIMES[runtime][0] != "exported":
+            continue
+        rt, variant = GENERATE_RUNTIME[runtime]
+        for batch in batches:
+            if batch != 1 and RUNTIMES[runtime][2] == "full-int8":
+                continue  # a microcontroller model has batch 1
+            gen = load(model_dir, runtime=rt, variant=variant, threads=threads)
+            # TFLite Micro's Python interpreter is ~100x slower per step: fewer steps.
+            steps = max(10, GENERATION_STEPS.get(batch, 200) // (20 if rt == "tflm" else 1))
+            jobs[(runtime, batch)] = {"gen": gen, "steps": steps, "step": [], "generate": []}
+    log(f"measuring end-to-end generation: {len(jobs)} configurations, {rounds} rounds")
+    sink: list[str] = []
+    for round_index in range(rounds + 1):  # round 0 is the warm-up
+        for key in [list(jobs)[i] for i in rng.permutation(len(jobs))]:
+            job, (runtime, batch) = jobs[key], key
+            gen, steps = job["gen"], job["steps"]
+            token = np.arange(batch, dtype=np.int32) % len(gen.chars)
+            h = np.zeros((gen.layers, batch, gen.units), np.float32)
+            for mode in rng.permutation(["step", "generate"]):
+                if mode == "step":
+                    # The bare loop: each step's state feeds the next (a zero state every
+                    # time would flatter int8 models, whose step cost depends on the values).
+                    step, hh, cc = gen.backend.step, h, h
+                    t0 = time.perf_counter()
+                    for _ in range(steps):
+                        _, hh, cc = step(token, hh, cc)
+                    seconds = time.perf_counter() - t0
+                    chars = steps * batch
+                else:
+                    sink.clear()
+                    result = gen.generate(
+                        GENERATION_SETTINGS["prompt"],
+                        length=steps,
+                        temperature=GENERATION_SETTINGS["temperature"],
+                        stop=GENERATION_SETTINGS["stop"],
+                        seed=round_index,
+                        num_samples=batch,
+                        on_text=lambda _row, text: sink.append(text),
+                    )
+                    seconds, chars = result.elapsed_s, result.chars_generated
+                if round_index > 0:
+                    job[str(mode)].append(chars / seconds)
+    rows = []
+    for (runtime, batch), job in jobs.items():
+        step_cps = statistics.median(job["step"])
+        generate_cps = statistics.median(job["generate"])
+        rows.append(
+            {
+                "runtime": runtime,
+                "batch": batch,
+                "threads": threads,
+                "steps_per_round": job["steps"],
+                "step_chars_per_sec": step_cps,
+                "generate_chars_per_sec": generate_cps,
+                "ratio": generate_cps / step_cps,
+            }
+        )
+    return rows
+
+
 def run_bench(
     run_dir: Path,
     model_dir: Path | None,
@@ -409,6 +494,10 @@ def run_bench(
             floor_threads = row["threads"] or max(config.threads)
             row["floor_ratio"] = row["p50_us"] / floors[floor_threads]["p50_us"]
 
+    generation = measure_generation(
+        model_dir, config.runtimes, config.batches, config.threads[0], config.rounds, log
+    )
+
     prompt = _prompt_text(factory, config.prompt_chars)
     per_runtime: dict[str, dict[str, Any]] = {}
     for runtime in config.runtimes:
@@ -461,8 +550,14 @@ def run_bench(
         "floor": floors[max(config.threads)],
         "floors": {str(t): f for t, f in floors.items()},
         "latency": latency,
+        "generation": generation,
+        "generation_settings": {
+            **GENERATION_SETTINGS,
+            "streaming": True,
+            "steps_per_round": {str(k): v for k, v in GENERATION_STEPS.items()},
+        },
         "runtimes": per_runtime,
-        "targets": _targets(latency, per_runtime),
+        "targets": _targets(latency, per_runtime, generation),
     }
     write_report(report, out_dir)
     return report
@@ -493,7 +588,11 @@ def _prompt_text(factory: StepFactory, n: int) -> str:
     return tail[:n]
 
 
-def _targets(latency: list[dict[str, Any]], per_runtime: dict[str, Any]) -> dict[str, Any]:
+def _targets(
+    latency: list[dict[str, Any]],
+    per_runtime: dict[str, Any],
+    generation: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     exported = [r for r in latency if RUNTIMES[r["runtime"]][0] == "exported" and r["batch"] == 1]
     best = min(exported, key=lambda r: r["p50_us"]) if exported else None
     fp32 = [r for r in exported if r["runtime"] in ("onnx-fp32", "tflite-fp32", "numpy")]
@@ -517,6 +616,9 @@ def _targets(latency: list[dict[str, Any]], per_runtime: dict[str, Any]) -> dict
         "best_fp32_floor_ratio": best_fp32.get("floor_ratio") if best_fp32 else None,
         "fp32_best_floor_ratio_by_runtime": floor_ratios,
         "cold_start_first_char_s": colds,
+        "generate_over_step_min": (
+            min(generation, key=lambda r: r["ratio"]) if generation else None
+        ),
     }
 
 
@@ -574,6 +676,27 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"{_fmt(r.get('speedup_vs_predict'))} | {_fmt(r.get('speedup_vs_call'), '.2f')} | "
             f"{_fmt(r.get('floor_ratio'), '.2f')} |"
         )
+    gs = report.get("generation_settings") or {}
+    if report.get("generation"):
+        lines += [
+            "",
+            "## End-to-end generation against the step alone",
+            "",
+            f"`Generator.generate` (prompt {gs.get('prompt')!r}, temperature "
+            f"{gs.get('temperature')}, stop string {gs.get('stop')!r} set, streaming on) beside "
+            "bare `backend.step` calls of the same backend, timed in the same interleaved rounds; "
+            "medians over the rounds. The ratio is what sampling and bookkeeping leave of the "
+            "step's speed.",
+            "",
+            "| runtime | batch | threads | step alone chars/s | generate chars/s | ratio |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in report["generation"]:
+            lines.append(
+                f"| {r['runtime']} | {r['batch']} | {r['threads']} | "
+                f"{r['step_chars_per_sec']:,.0f} | {r['generate_chars_per_sec']:,.0f} | "
+                f"{r['ratio']:.2f} |"
+            )
     lines += [
         "",
         "## Size, quality, start-up",
@@ -606,8 +729,14 @@ def markdown_report(report: dict[str, Any]) -> str:
         "- Cold start, process start to first character: "
         + ", ".join(f"{k} {v:.3f} s" for k, v in t["cold_start_first_char_s"].items())
         + " (target ≤ 0.5 s for onnx and tflite).",
-        "",
     ]
+    worst = t.get("generate_over_step_min")
+    if worst:
+        lines.append(
+            f"- End-to-end generation over the step alone: lowest ratio {worst['ratio']:.2f} "
+            f"({worst['runtime']}, batch {worst['batch']}) (target ≥ 0.85 at batch 1 and 32)."
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -624,7 +753,10 @@ def chart_png(report: dict[str, Any]) -> bytes:
     ]
     batches = sorted({r["batch"] for r in rows})
     runtimes = [r for r in RUNTIMES if any(x["runtime"] == r for x in rows)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    generation = report.get("generation") or []
+    panels = 3 if generation else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5))
+    ax1, ax2 = axes[0], axes[1]
     width = 0.8 / max(1, len(batches))
     x = np.arange(len(runtimes))
     for i, batch in enumerate(batches):
@@ -663,6 +795,26 @@ def chart_png(report: dict[str, Any]) -> bytes:
         ax.set_ylabel(ylabel)
         ax.legend()
         ax.grid(axis="y", which="both", alpha=0.3)
+    if generation:
+        ax3 = axes[2]
+        names = list(dict.fromkeys(r["runtime"] for r in generation))
+        gen_batches = sorted({r["batch"] for r in generation})
+        gx = np.arange(len(names))
+        gwidth = 0.8 / max(1, len(gen_batches))
+        for i, batch in enumerate(gen_batches):
+            ratios = [
+                next((r["ratio"] for r in generation if r["runtime"] == n and r["batch"] == batch),
+                     np.nan)
+                for n in names
+            ]  # fmt: skip
+            ax3.bar(gx + i * gwidth, ratios, gwidth, label=f"batch {batch}")
+        ax3.axhline(0.85, color="k", linestyle="--", linewidth=1, label="target 0.85")
+        ax3.set_xticks(gx + gwidth * (len(gen_batches) - 1) / 2)
+        ax3.set_xticklabels(names, rotation=35, ha="right")
+        ax3.set_ylim(0, 1.1)
+        ax3.set_title("End-to-end generate / step alone (chars/s)")
+        ax3.legend()
+        ax3.grid(axis="y", alpha=0.3)
     m = report["model"]
     fig.suptitle(
         f"{report['name']}: {m['layers']}x{m['units']} char-LSTM, threads {report['settings']['threads'][0]}"

@@ -17,7 +17,7 @@ import numpy as np
 from toolkit.errors import ModelFileError, UsageError
 from toolkit.runtime.backends import StepBackend, first_line, load_backend
 from toolkit.runtime.manifest import VARIANTS, read_manifest, resolve_variant
-from toolkit.runtime.sampling import check_sampling_args, sample_next
+from toolkit.runtime.sampling import Sampler, check_sampling_args
 
 RUNTIMES = ("onnx", "tflite", "tflm", "numpy", "keras")
 DEFAULT_MODEL_NAME = "shakespeare"
@@ -64,6 +64,7 @@ class Session:
         self.h = np.zeros(shape, np.float32)
         self.c = np.zeros(shape, np.float32)
         self.logits: np.ndarray | None = None
+        self.first_char_at: float | None = None  # set by sample(): when text was first ready
 
     def _step(self, tokens: np.ndarray) -> None:
         self.logits, self.h, self.c = self.generator.backend.step(tokens, self.h, self.c)
@@ -84,52 +85,126 @@ class Session:
         stop: str | None = None,
         on_text: Callable[[int, str], None] | None = None,
     ) -> list[str]:
-        """Sample `length` characters per row; `on_text(row, chars)` streams them."""
+        """Sample `length` characters per row; `on_text(row, chars)` streams them.
+
+        The loop does array work only: tokens go into one [length, batch] array, the stop
+        string is tracked by an automaton, and strings are built when streamed (in chunks,
+        at most every STREAM_INTERVAL_S) and once at the end.
+        """
         if length < 0:
             raise UsageError(f"length must be >= 0, got {length}")
-        check_sampling_args(temperature, top_k, top_p)
-        rng = rng or np.random.default_rng()
+        sampler = Sampler(self.batch, temperature, top_k, top_p, rng, block=min(length, 256))
         if self.logits is None:
             self.feed(self.generator.start_text)
-        chars = self.generator.chars
-        out: list[list[str]] = [[] for _ in range(self.batch)]
-        streamed = [0] * self.batch  # characters of each row already passed to on_text
+        tokens = np.zeros((length, self.batch), dtype=np.int32)
+        ends = np.full(self.batch, length)  # characters each row keeps
         done = np.zeros(self.batch, dtype=bool)
-        for _ in range(length):
-            assert self.logits is not None
-            tokens = sample_next(self.logits, rng, temperature, top_k, top_p)
-            for row, token in enumerate(tokens):
-                if done[row]:
-                    continue
-                out[row].append(chars[token])
-                if stop and "".join(out[row][-len(stop) :]) == stop:
-                    done[row] = True
-                    del out[row][-len(stop) :]
-                if on_text is not None:
-                    # Hold back a tail that could still turn out to be the start of `stop`,
-                    # so that what was streamed always equals the returned text.
-                    safe = len(out[row]) if done[row] else _safe_length(out[row], stop)
-                    if safe > streamed[row]:
-                        on_text(row, "".join(out[row][streamed[row] : safe]))
-                        streamed[row] = safe
-            if done.all():
-                break
-            self._step(tokens)
-        if on_text is not None:
-            for row in range(self.batch):
-                if len(out[row]) > streamed[row]:
-                    on_text(row, "".join(out[row][streamed[row] :]))
-        return ["".join(row) for row in out]
+        matcher = StopMatcher(stop, self.generator.chars, self.batch) if stop else None
+        stream = _Stream(self.generator, on_text, self.batch) if on_text is not None else None
+        self.first_char_at = None
+        n = 0
+        try:
+            for i in range(length):
+                assert self.logits is not None
+                token = sampler.draw(self.logits)
+                tokens[i] = token
+                n = i + 1
+                if matcher is not None and matcher.advance(token):
+                    ends[matcher.hit & ~done] = n - matcher.length
+                    done |= matcher.hit
+                    if done.all():
+                        break
+                if stream is not None:
+                    stream.maybe_flush(tokens, n, ends, done, matcher)
+                elif i == 0:
+                    self.first_char_at = time.perf_counter()
+                self._step(token)
+        finally:
+            sampler.close()
+        ends = np.minimum(ends, n)
+        if stream is not None:
+            stream.flush(tokens, ends)
+            self.first_char_at = stream.first_at
+        return [self.generator.decode(tokens[: ends[row], row]) for row in range(self.batch)]
 
 
-def _safe_length(chars: list[str], stop: str | None) -> int:
-    """How many leading characters cannot be part of a `stop` match still in progress."""
-    if not stop:
-        return len(chars)
-    for keep in range(min(len(stop) - 1, len(chars)), 0, -1):
-        if "".join(chars[-keep:]) == stop[:keep]:
-            return len(chars) - keep
-    return len(chars)
+# Streamed text is handed over at most this often: a terminal cannot show more, and a
+# callback per character would cost as much as a step of a small model.
+STREAM_INTERVAL_S = 0.02
+
+
+class _Stream:
+    """Passes each row's new text to `on_text`, never a character that may be `stop`'s start."""
+
+    def __init__(
+        self, generator: Generator, on_text: Callable[[int, str], None], batch: int
+    ) -> None:
+        self.generator = generator
+        self.on_text = on_text
+        self.sent = np.zeros(batch, dtype=np.int64)  # characters of each row already passed on
+        self.last = -np.inf
+        self.first_at: float | None = None
+
+    def maybe_flush(
+        self,
+        tokens: np.ndarray,
+        n: int,
+        ends: np.ndarray,
+        done: np.ndarray,
+        matcher: StopMatcher | None,
+    ) -> None:
+        now = time.perf_counter()
+        if now - self.last < STREAM_INTERVAL_S:
+            return
+        self.last = now
+        safe = np.full(len(ends), n) if matcher is None else n - matcher.state
+        self.flush(tokens, np.where(done, ends, safe))
+
+    def flush(self, tokens: np.ndarray, upto: np.ndarray) -> None:
+        for row in np.flatnonzero(upto > self.sent):
+            start, stop = int(self.sent[row]), int(upto[row])
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+            self.on_text(int(row), self.generator.decode(tokens[start:stop, row]))
+            self.sent[row] = stop
+
+
+class StopMatcher:
+    """Finds `stop` in each row's token stream, one token per row per step (no re-scanning).
+
+    A Knuth-Morris-Pratt automaton over token ids: `state[row]` is the length of the longest
+    tail of the row's text that is a start of `stop`, which is also how many characters the
+    stream must hold back (they may turn out to be the stop string). A stop string with a
+    character outside the vocabulary can never appear, but its known prefix is still held back
+    until the text moves past it, as before.
+    """
+
+    def __init__(self, stop: str, chars: list[str], batch: int) -> None:
+        self.length = len(stop)
+        table = np.zeros((len(stop) + 1, len(chars)), dtype=np.int32)
+        for state in range(len(stop) + 1):
+            for token, ch in enumerate(chars):
+                text = stop[:state] + ch
+                # The longest suffix of `text` that is a prefix of `stop` (at most len(stop)).
+                keep = min(len(text), len(stop))
+                while keep and text[len(text) - keep :] != stop[:keep]:
+                    keep -= 1
+                table[state, token] = keep
+        self.table = table
+        self.rows = table.tolist()  # batch 1: plain Python indexing is ~10x cheaper
+        self.state = np.zeros(batch, dtype=np.int32)
+        self.hit = np.zeros(batch, dtype=bool)
+
+    def advance(self, tokens: np.ndarray) -> bool:
+        """Feed one token per row; True if some row's text now ends with `stop` (see `hit`)."""
+        if tokens.shape[0] == 1:
+            s = self.rows[int(self.state[0])][int(tokens[0])]
+            self.state[0] = s
+            self.hit[0] = s == self.length
+            return s == self.length
+        self.state = self.table[self.state, tokens]
+        self.hit = self.state == self.length
+        return bool(self.hit.any())
 
 
 class Generator:
@@ -147,6 +222,7 @@ class Generator:
         self.backend = backend
         self.chars = list(vocab)
         self.index = {ch: i for i, ch in enumerate(self.chars)}
+        self.char_array = np.array(self.chars)
         self.layers = layers
         self.units = units
         self.runtime = runtime
@@ -164,6 +240,9 @@ class Generator:
                 " (use --unknown skip to drop them)"
             )
         return [self.index[ch] for ch in text if ch in self.index]
+
+    def decode(self, ids: np.ndarray) -> str:
+        return "".join(self.char_array[ids].tolist())
 
     def session(self, batch: int = 1) -> Session:
         if batch < 1:
@@ -191,22 +270,16 @@ class Generator:
         t0 = time.perf_counter()
         session = self.session(num_samples)
         session.feed(prompt if prompt else self.start_text, unknown)
-        first: list[float] = []
-
-        def on_first(row: int, text: str) -> None:
-            if not first:
-                first.append(time.perf_counter() - t0)
-            if on_text is not None:
-                on_text(row, text)
-
-        texts = session.sample(length, temperature, top_k, top_p, rng, stop, on_first)
+        texts = session.sample(length, temperature, top_k, top_p, rng, stop, on_text)
         elapsed = time.perf_counter() - t0
         return GenerationResult(
             prompt=prompt,
             texts=texts,
             runtime=self.runtime,
             variant=self.variant,
-            time_to_first_char_s=first[0] if first else elapsed,
+            time_to_first_char_s=(
+                session.first_char_at - t0 if session.first_char_at is not None else elapsed
+            ),
             elapsed_s=elapsed,
             chars_generated=sum(len(t) for t in texts),
         )
