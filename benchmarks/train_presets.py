@@ -25,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from toolkit.bench import machine_info
 from toolkit.config import PRESETS
 from toolkit.data import atomic_write_bytes, atomic_write_text
-from toolkit.train import bits_per_char, iter_metrics
+from toolkit.run_dir import iter_metrics
+from toolkit.trainer import bits_per_char
 
 TARGETS = {"quick": 1.65, "default": 1.47, "best": 1.42}  # nats/char (issue: training recipe)
 

@@ -24,10 +24,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from toolkit.batches import epoch_batches
 from toolkit.bench import machine_info
 from toolkit.config import PRESETS
 from toolkit.data import Vocabulary, atomic_write_text, bundled_corpus_text, split_corpus
-from toolkit.train import Trainer, epoch_batches, zero_state
+from toolkit.trainer import Trainer, zero_state
 
 
 def measure(name: str, precisions: list[str], steps: int, warmup: int) -> list[dict]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Raw corpora are prepared into the user cache on first use: keep the tests' copies out of it.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="toolkit-tests-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"

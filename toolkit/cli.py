@@ -155,7 +155,13 @@ def train(
         float | None,
         typer.Option(help="chance a stream's state is zeroed at a window border (cold starts)"),
     ] = None,
+    val_chars: Annotated[
+        int | None, typer.Option(help="validate on at most this many characters (default: all)")
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[
+        int, typer.Option(help="train on N local worker processes (tf.distribute)")
+    ] = 1,
     sample: Annotated[bool, typer.Option(help="print a short sample after each epoch")] = True,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
@@ -179,6 +185,7 @@ def train(
             "dropout": dropout,
             "val_fraction": val_fraction,
             "reset_prob": reset_prob,
+            "val_chars": val_chars,
             "precision": None if precision == Precision.auto else precision.value,
             "seed": seed,
         }.items()
@@ -195,6 +202,12 @@ def train(
         run_dir = resume
     else:
         run_dir = out or Path("runs") / ("shakespeare" if data is None else _stem(data))
+
+    if workers < 1:
+        raise UsageError(f"workers must be >= 1, got {workers}")
+    if workers > 1:
+        _launch_workers(workers, config.batch_size)
+        return
 
     from toolkit.train import bits_per_char
     from toolkit.train import train as train_run
@@ -227,8 +240,67 @@ def train(
         raise typer.Exit(130)
 
 
+def _launch_workers(workers: int, batch_size: int) -> None:
+    """`--workers N`: the same command as N local worker processes (TF_CONFIG on 127.0.0.1)."""
+    from toolkit.distributed import launch_local_workers
+
+    if batch_size % workers:
+        raise UsageError(f"batch-size {batch_size} does not divide over {workers} workers")
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # this command line without --workers
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            args.append(arg)
+    code = launch_local_workers(workers, args, echo=typer.echo)
+    if code:
+        raise typer.Exit(code)
+
+
 def _stem(data: Path) -> str:
     return data.stem if data.suffix else data.name
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+@app.command()
+def prepare(
+    source: Annotated[
+        Path | None,
+        typer.Argument(help="UTF-8 file, or folder of .txt / .txt.gz (default: bundled)"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="prepared folder (default data/<name>)")] = None,
+    val_fraction: Annotated[float, typer.Option(help="held-out share, at the end")] = 0.1,
+    force: Annotated[bool, typer.Option(help="replace an existing prepared folder")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Turn a corpus of any size into token ids on disk, for `train --data` (memory-mapped)."""
+    from toolkit.prepare import prepare as prepare_corpus
+    from toolkit.prepare import source_files
+
+    name = "shakespeare" if source is None else _stem(source).removesuffix(".txt")
+    out = out or Path("data") / name
+    total = sum(p.stat().st_size for p in source_files(source)) if source else 0
+    if progress and sys.stderr.isatty() and total:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+        # Two passes over the source: the bar covers both.
+        with Progress(TextColumn("prepare"), BarColumn(), DownloadColumn(), transient=True) as bar:
+            task = bar.add_task("prepare", total=2 * total)
+            prepare_corpus(
+                source,
+                out,
+                val_fraction,
+                force,
+                progress=lambda n: bar.update(task, advance=n),
+                log=typer.echo,
+            )
+    else:
+        prepare_corpus(source, out, val_fraction, force, log=typer.echo)
+    typer.echo(f"train on it with: toolkit train --data {out}")
 
 
 # --------------------------------------------------------------------------- download

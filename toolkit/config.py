@@ -46,6 +46,9 @@ class TrainConfig:
     epochs: int = 100
     max_minutes: float | None = 10.0
     val_fraction: float = 0.1
+    # Validate on at most this many characters of the validation split (None: all of it).
+    # A large corpus's 10% can take longer than the training between two validations.
+    val_chars: int | None = None
     seed: int = 1337
     eval_minutes: float | None = 1.0  # also validate mid-epoch this often (training time)
     checkpoint_minutes: float = 1.0  # mid-epoch checkpoint interval (Ctrl-C / kill -9 safety)
@@ -84,6 +87,7 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.max_minutes is None or self.max_minutes > 0, "max-minutes must be > 0"),
             (0.0 < self.val_fraction < 0.5, "val-fraction must be in (0, 0.5)"),
+            (self.val_chars is None or self.val_chars >= 1000, "val-chars must be >= 1000"),
         ]
         for ok, message in checks:
             if not ok:

@@ -61,3 +61,9 @@ class WebError(ToolkitError):
     """The browser site cannot be built or served (no onnxruntime-web, no ONNX model, ...)."""
 
     exit_code = 8
+
+
+class WorkerLostError(ToolkitError):
+    """A worker of a multi-worker run stopped answering; the others stop too (--resume)."""
+
+    exit_code = 10

@@ -47,6 +47,7 @@ from toolkit.export_micro import QUANTIZATION as QUANTIZATION_MICRO
 from toolkit.lock import holds_run_dir_lock
 from toolkit.model_card import CARD_NAME, model_card
 from toolkit.quiet import native_stderr_hidden
+from toolkit.run_dir import check_run_dir, load_run_config
 from toolkit.runtime.backends import (
     NumpyBackend,
     OnnxBackend,
@@ -63,7 +64,6 @@ from toolkit.runtime.manifest import (
     artifact_name,
     sha256_bytes,
 )
-from toolkit.train import check_run_dir, load_run_config
 
 FORMATS = ("tflite", "onnx", "numpy")
 COMPANION_FILES = {"model.full-int8.tflite": ("model_data.cc", "model_data.h")}

@@ -1,0 +1,131 @@
+"""Several workers (tf.distribute.MultiWorkerMirroredStrategy) on 127.0.0.1.
+
+Two local workers and one process, same seed and global batch, give the same weights and
+validation loss; killing a worker stops the other with one line, and --resume continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit.distributed import Cluster, free_ports
+
+TINY = ["--preset", "tiny", "--precision", "fp32", "--no-progress", "--no-sample"]
+
+
+def toolkit(args: list[str], env: dict[str, str] | None = None, timeout: float = 300):
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def weights(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "checkpoints" / "last.npz") as blob:
+        return {k: blob[k] for k in blob.files if k[0] in "wo" or k.startswith("state_")}
+
+
+def test_two_workers_give_the_one_process_result(small_corpus: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["train", "--data", str(small_corpus), *TINY, "--epochs", "2"]
+    proc = toolkit([*common, "--out", str(one)])
+    assert proc.returncode == 0, proc.stderr
+    proc = toolkit([*common, "--out", str(two), "--workers", "2"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[worker 0]" in proc.stdout and "2 workers" in proc.stdout
+    info_one = json.loads((one / "run.json").read_text())
+    info_two = json.loads((two / "run.json").read_text())
+    assert info_two["workers"] == 2 and info_two["status"] == "finished"
+    assert info_one["steps"] == info_two["steps"] > 50
+    assert info_two["best_val_loss"] == pytest.approx(info_one["best_val_loss"], abs=1e-4)
+    a, b = weights(one), weights(two)
+    assert a.keys() == b.keys() and any(k.startswith("o") for k in a)
+    for key in a:  # weights, Adam's moments, and the carried state of all 16 streams
+        assert np.max(np.abs(a[key] - b[key])) <= 1e-4, key
+    # Only the chief wrote: one metrics row per validation, no second writer's leftovers.
+    rows = (two / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == len((one / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_batch_must_divide_over_workers(small_corpus: Path, tmp_path: Path) -> None:
+    proc = toolkit(["train", "--data", str(small_corpus), *TINY, "--batch-size", "15",
+                    "--workers", "2", "--out", str(tmp_path / "r")])  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: batch-size 15 does not divide over 2 workers"
+
+
+def test_bad_tf_config_is_one_line(tmp_path: Path) -> None:
+    proc = toolkit(["train", *TINY, "--out", str(tmp_path / "r")], env={"TF_CONFIG": "{oops"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: TF_CONFIG is not valid")
+
+
+def test_cluster_from_tf_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 2}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    cluster = Cluster.from_environment()
+    assert (cluster.size, cluster.index, cluster.is_chief) == (3, 2, False)
+    monkeypatch.delenv("TF_CONFIG")
+    assert Cluster.from_environment().size == 1
+
+
+def test_killed_worker_stops_the_other_and_resume_continues(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    args = ["train", *TINY, "--out", str(run)]  # bundled Shakespeare: ~2,000 steps
+    env = {**os.environ, "TOOLKIT_CHECKPOINT_SECONDS": "1", "TOOLKIT_HEALTH_CHECK_S": "5"}
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "toolkit", *args],
+                env={**env, "TF_CONFIG": json.dumps(tf_config)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "last.npz").exists():
+            assert time.monotonic() < deadline, "no checkpoint"
+            assert procs[0].poll() is None, procs[0].communicate()
+            time.sleep(0.5)
+        time.sleep(2)
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, err = procs[0].communicate(timeout=90)
+        stopped_after = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode == 10, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "lost worker 1" in lines[0] and "--resume" in lines[0], err
+    assert "Traceback" not in err
+    assert stopped_after < 60
+    assert json.loads((run / "run.json").read_text())["status"] == "lost-worker"
+    assert not list(run.rglob("*.tmp*")), "half-written files left behind"
+    steps_before = json.loads((run / "run.json").read_text())["steps"]
+
+    proc = toolkit(["train", "--resume", str(run), "--workers", "2", "--no-progress"],
+                   env={"TOOLKIT_CHECKPOINT_SECONDS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resuming" in proc.stdout
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["steps"] > steps_before
+    assert info["epochs_done"] == pytest.approx(1.0)

@@ -1,0 +1,256 @@
+"""The model, its optimizer and the compiled step functions of one run, on one or many workers.
+
+One process: `train_step` is a tf.function of the forward pass, the loss, clipped gradients and
+an Adam update. Several workers (tf.distribute.MultiWorkerMirroredStrategy, see
+toolkit/distributed.py): the same step runs inside `strategy.run` on each worker's share of
+the batch, and the gradients are summed across workers before they are clipped, so that the
+update equals the one-process update on the whole batch (tested: tests/test_distributed.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+from typing import Any
+
+import numpy as np
+
+from toolkit import __version__
+from toolkit.cold_start import ColdStart
+from toolkit.cold_start import measure as measure_cold_start
+from toolkit.config import TrainConfig
+from toolkit.data import Vocabulary
+
+LN2 = math.log(2.0)
+
+
+def bits_per_char(nats: float) -> float:
+    return nats / LN2
+
+
+def zero_state(config: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero LSTM state in the Keras model's layout, [batch, layers, units]."""
+    shape = (batch, config.layers, config.units)
+    return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+
+def learning_rate_at(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio over the budget (steps or time)."""
+    warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    p = min(1.0, max(0.0, progress))
+    cosine = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+    return config.learning_rate * warm * cosine
+
+
+class Trainer:
+    """Owns the model, optimizer and compiled step functions for one run.
+
+    `strategy` is None for one process, or a MultiWorkerMirroredStrategy; `rows` is this
+    worker's share of the batch (all of it for one process).
+    """
+
+    def __init__(
+        self, config: TrainConfig, vocab_size: int, strategy: Any = None, workers: int = 1
+    ) -> None:
+        import keras
+        import tensorflow as tf
+
+        from toolkit.config import resolve_precision
+        from toolkit.model import build_model
+
+        keras.utils.set_random_seed(config.seed)
+        self.config = config
+        self.strategy = strategy
+        self.workers = workers
+        self.model_config = config.model_config(vocab_size)
+        self.precision = resolve_precision(config.precision)
+        policy = "mixed_bfloat16" if self.precision == "bf16" else "float32"
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            self.model = build_model(self.model_config, policy)
+            self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+            self.optimizer.build(self.model.trainable_variables)
+        # Validation, samples and cold-start figures use a plain float32 model, like every
+        # exported graph (and, on a worker, outside the strategy: no collectives in them).
+        if policy == "float32" and strategy is None:
+            self.eval_model = self.model
+        else:
+            self.eval_model = build_model(self.model_config)
+        model, optimizer, clip = self.model, self.optimizer, config.clip_norm
+        variables = model.trainable_variables
+
+        if strategy is None:
+
+            @tf.function(jit_compile=config.jit_compile, autograph=False)
+            def train_step(x: Any, y: Any, h: Any, c: Any) -> Any:
+                with tf.GradientTape() as tape:
+                    out = model({"tokens": x, "h": h, "c": c}, training=True)
+                    loss = tf.reduce_mean(
+                        tf.nn.sparse_softmax_cross_entropy_with_logits(
+                            labels=y, logits=out["logits"]
+                        )
+                    )
+                grads = tape.gradient(loss, variables)
+                grads, _ = tf.clip_by_global_norm(grads, clip)
+                optimizer.apply_gradients(zip(grads, variables, strict=True))
+                # The carried state stays float32 between windows, whatever the precision.
+                return loss, tf.cast(out["h_out"], tf.float32), tf.cast(out["c_out"], tf.float32)
+
+            self.train_step = train_step
+        else:
+            self.train_step = self._distributed_step(tf, strategy, workers)
+            self._collectives(tf, strategy)
+
+        eval_model = self.eval_model
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def eval_step(x: Any, y: Any, h: Any, c: Any) -> Any:
+            out = eval_model({"tokens": x, "h": h, "c": c}, training=False)
+            total = tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=out["logits"])
+            )
+            return total, out["h_out"], out["c_out"]
+
+        self.eval_step = eval_step
+
+    def _distributed_step(self, tf: Any, strategy: Any, workers: int) -> Any:
+        model, optimizer, clip = self.model, self.optimizer, self.config.clip_norm
+        variables = model.trainable_variables
+        global_tokens = float(self.config.batch_size * self.config.seq_length)
+        # The gradients are summed below, before clipping (as one process clips the whole
+        # batch's gradient); Keras would sum them again inside apply_gradients.
+        optimizer._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
+        sum_op = tf.distribute.ReduceOp.SUM
+
+        def replica_step(x: Any, y: Any, h: Any, c: Any) -> Any:
+            with tf.GradientTape() as tape:
+                out = model({"tokens": x, "h": h, "c": c}, training=True)
+                # This worker's share of the whole batch's mean: the shares sum to the mean.
+                loss = (
+                    tf.reduce_sum(
+                        tf.nn.sparse_softmax_cross_entropy_with_logits(
+                            labels=y, logits=out["logits"]
+                        )
+                    )
+                    / global_tokens
+                )
+            grads = tape.gradient(loss, variables)
+            context = tf.distribute.get_replica_context()
+            grads = context.all_reduce(sum_op, grads)
+            loss = context.all_reduce(sum_op, loss)
+            grads, _ = tf.clip_by_global_norm(grads, clip)
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+            return loss, tf.cast(out["h_out"], tf.float32), tf.cast(out["c_out"], tf.float32)
+
+        @tf.function(autograph=False)
+        def train_step(x: Any, y: Any, h: Any, c: Any) -> Any:
+            results = strategy.run(replica_step, args=(x, y, h, c))
+            # One replica per worker: its own results are the local ones.
+            return tuple(strategy.experimental_local_results(r)[0] for r in results)
+
+        return train_step
+
+    # ----------------------------------------------------------------- across workers
+
+    def agree(self, *flags: bool) -> tuple[bool, ...]:
+        """True where any worker says True (a sum > 0): every worker takes the same branch."""
+        if self.strategy is None:
+            return flags
+        import tensorflow as tf
+
+        values = self._agree(tf.constant([1.0 if f else 0.0 for f in flags]))
+        return tuple(bool(v > 0) for v in values.numpy())
+
+    def gather_rows(self, x: Any) -> np.ndarray | None:
+        """The whole batch's rows of a per-worker tensor (for checkpoints), in worker order."""
+        if x is None:
+            return None
+        if self.strategy is None:
+            return np.asarray(x)
+        return np.asarray(self._gather(x))
+
+    def _collectives(self, tf: Any, strategy: Any) -> None:
+        def per_worker(value: Any) -> Any:  # this worker's value as the strategy's input
+            return strategy.experimental_distribute_values_from_function(lambda _: value)
+
+        # Compiled: eagerly, every call would start a thread pool of its own.
+        @tf.function(autograph=False)
+        def agree(flags: Any) -> Any:
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_worker(flags), axis=None)
+
+        @tf.function(autograph=False, reduce_retracing=True)
+        def gather(x: Any) -> Any:
+            return strategy.gather(per_worker(x), axis=0)
+
+        self._agree, self._gather = agree, gather
+
+    def eval_model_synced(self) -> Any:
+        """The float32 model with the current weights (what model.keras holds)."""
+        self.sync_eval_model()
+        return self.eval_model
+
+    def sync_eval_model(self) -> None:
+        if self.eval_model is not self.model:
+            self.eval_model.set_weights(self.model.get_weights())
+
+    def set_learning_rate(self, value: float) -> None:
+        self.optimizer.learning_rate.assign(value)
+
+    def evaluate(self, ids: np.ndarray, streams: int = 16, chunk: int = 256) -> float:
+        """Mean loss in nats over the whole text, carrying state through contiguous streams."""
+        self.sync_eval_model()
+        streams = max(1, min(streams, (len(ids) - 1) // 2))
+        stream_len = (len(ids) - 1) // streams
+        starts = np.arange(streams)[:, None] * stream_len
+        h, c = zero_state(self.model_config, streams)
+        total, count = 0.0, 0
+        for start in range(0, stream_len, chunk):
+            # Sliced per chunk: a memory-mapped validation split is never read whole.
+            cols = np.arange(start, min(start + chunk, stream_len) + 1)
+            window = np.asarray(ids[starts + cols], dtype=np.int32)
+            x, y = window[:, :-1], window[:, 1:]
+            loss_sum, h, c = self.eval_step(x, y, h, c)
+            total += float(loss_sum)
+            count += y.size
+        return total / max(1, count)
+
+    def cold_start(
+        self, vocab: Vocabulary, val_ids: np.ndarray, prompts: list[str], words: set[str]
+    ) -> ColdStart:
+        """Zero-state quality of the current weights (numpy step: no dropout, no TF calls)."""
+        from toolkit.model import lstm_weights
+        from toolkit.runtime.backends import NumpyBackend, fold_weights
+
+        cfg = self.model_config
+        self.sync_eval_model()
+        weights = fold_weights(lstm_weights(self.eval_model, cfg), cfg.layers)
+        backend = NumpyBackend(weights, cfg.layers)
+        return measure_cold_start(
+            backend, cfg.layers, cfg.units, list(vocab.chars), val_ids, prompts, words
+        )
+
+    def sample(self, vocab: Vocabulary, prompt: str, length: int, seed: int) -> str:
+        """A short sample for the per-epoch log: the runtime's sampler on the Keras model."""
+        from toolkit.keras_runtime import KerasBackend
+        from toolkit.runtime.generator import Generator
+
+        cfg = self.model_config
+        self.sync_eval_model()
+        generator = Generator(
+            KerasBackend(self.eval_model), list(vocab.chars), cfg.layers, cfg.units, "keras", "fp32"
+        )
+        return prompt + generator.generate(prompt, length, temperature=0.8, seed=seed).texts[0]
+
+
+def environment() -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "toolkit": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
