@@ -129,3 +129,32 @@ def test_killed_worker_stops_the_other_and_resume_continues(tmp_path: Path) -> N
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["steps"] > steps_before
     assert info["epochs_done"] == pytest.approx(1.0)
+
+
+def test_ctrl_c_stops_every_local_worker(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", "train", *TINY, "--workers", "2", "--out", str(run)],
+        env={**os.environ, "TOOLKIT_CHECKPOINT_SECONDS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "last.npz").exists():
+            assert time.monotonic() < deadline and launcher.poll() is None, "no checkpoint"
+            time.sleep(0.5)
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+        assert len(children) == 2  # the two workers
+        launcher.send_signal(signal.SIGINT)
+        out, _ = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130, out
+    for pid in children:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        ), f"worker {pid} still running"
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
