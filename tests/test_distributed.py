@@ -39,7 +39,8 @@ def weights(run_dir: Path) -> dict[str, np.ndarray]:
 
 def test_two_workers_give_the_one_process_result(small_corpus: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
-    common = ["train", "--data", str(small_corpus), *TINY, "--epochs", "2"]
+    # Resets: each worker must take its own rows of the batch's reset draw.
+    common = ["train", "--data", str(small_corpus), *TINY, "--epochs", "2", "--reset-prob", "0.3"]
     proc = toolkit([*common, "--out", str(one)])
     assert proc.returncode == 0, proc.stderr
     proc = toolkit([*common, "--out", str(two), "--workers", "2"])

@@ -312,11 +312,10 @@ class TrainingRun:
                 f"resuming {self.run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}, "
                 f"step {state['step']}"
             )
-        else:
+        elif self.chief:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             self.write_run_json("training")
             self.save_model()  # so the directory is complete from the first second
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
         budget_s = config.max_minutes * 60 if config.max_minutes else None
         eval_s = config.eval_minutes * 60 if config.eval_minutes else None
