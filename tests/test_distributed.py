@@ -37,6 +37,15 @@ def weights(run_dir: Path) -> dict[str, np.ndarray]:
         return {k: blob[k] for k in blob.files if k[0] in "wo" or k.startswith("state_")}
 
 
+def wait_for_checkpoint(run: Path, process: subprocess.Popen) -> None:
+    """Until the run's first checkpoint is written; fails if `process` exits first."""
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.npz").exists():
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.5)
+
+
 def test_two_workers_give_the_one_process_result(small_corpus: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     # Resets: each worker must take its own rows of the batch's reset draw.
@@ -100,11 +109,7 @@ def test_killed_worker_stops_the_other_and_resume_continues(tmp_path: Path) -> N
             )
         )
     try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoints" / "last.npz").exists():
-            assert time.monotonic() < deadline, "no checkpoint"
-            assert procs[0].poll() is None, procs[0].communicate()
-            time.sleep(0.5)
+        wait_for_checkpoint(run, procs[0])
         time.sleep(2)
         procs[1].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
@@ -142,10 +147,7 @@ def test_ctrl_c_stops_every_local_worker(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoints" / "last.npz").exists():
-            assert time.monotonic() < deadline and launcher.poll() is None, "no checkpoint"
-            time.sleep(0.5)
+        wait_for_checkpoint(run, launcher)
         children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
         assert len(children) == 2  # the two workers
         launcher.send_signal(signal.SIGINT)
