@@ -164,3 +164,7 @@ def test_cli_prepare_then_train(tmp_path: Path) -> None:
     assert info["prepared"] == str((tmp_path / "data" / "corpus").resolve())
     assert info["status"] == "finished"
     assert not (tmp_path / "cache" / "char-lstm-toolkit").exists()  # used in place
+    # Export validates against the prepared corpus's validation ids (memory-mapped).
+    proc = toolkit("export", "runs/corpus", "--format", "onnx")
+    assert proc.returncode == 0, proc.stderr
+    assert "validated model.onnx" in proc.stdout

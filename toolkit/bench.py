@@ -581,11 +581,14 @@ def _artifact(manifest: dict[str, Any], fmt: str, quant: str) -> tuple[str, dict
 
 
 def _prompt_text(factory: StepFactory, n: int) -> str:
-    from toolkit.data import load_corpus
+    from toolkit.batches import open_training_data
+    from toolkit.run_dir import load_run_config
 
-    text = load_corpus(Path(factory.info["data"]) if factory.info.get("data") else None)
-    tail = text[-max(n, 1) :]  # validation text: the tail of the corpus
-    return tail[:n]
+    data = Path(factory.info["data"]) if factory.info.get("data") else None
+    val_fraction = load_run_config(factory.run_dir).val_fraction
+    corpus = open_training_data(data, val_fraction, log=lambda _: None)
+    tail = np.asarray(corpus.val[-max(n, 1) :])  # validation text: the tail of the corpus
+    return "".join(np.array(corpus.vocab.chars)[tail].tolist())[:n]
 
 
 def _targets(

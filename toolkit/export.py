@@ -30,8 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from toolkit import __version__
+from toolkit.batches import open_training_data
 from toolkit.config import ModelConfig
-from toolkit.data import Vocabulary, atomic_write_text, load_corpus, split_corpus
+from toolkit.data import Vocabulary, atomic_write_text, load_corpus
 from toolkit.errors import ExportError, UsageError, storage_error
 from toolkit.export_micro import (
     CALIBRATION_CHARS,
@@ -693,14 +694,16 @@ def export_run(
         manifest = {}
 
     module = make_step_module(folded, config)
-    text = load_corpus(source.data)
-    unknown = vocab.unknown(text)
-    if unknown:
+    # The run's corpus as token ids: a prepared corpus stays memory-mapped.
+    corpus = open_training_data(source.data, source.val_fraction, log=log)
+    unknown = [ch for ch in corpus.vocab.chars if ch not in vocab.index]
+    if unknown or corpus.vocab != vocab:
         raise ExportError(
-            f"the training text has characters the model does not know ({unknown[0]!r}); "
-            "is this the corpus the model was trained on?"
+            "the training text's characters are not the model's vocabulary"
+            + (f" ({unknown[0]!r} is unknown)" if unknown else "")
+            + "; is this the corpus the model was trained on?"
         )
-    train_ids, val_ids = split_corpus(vocab.encode(text), source.val_fraction)
+    train_ids, val_ids = corpus.train, corpus.val
     tokens = reference = None
     if validate:
         steps = min(VALIDATION_STEPS, len(val_ids) - 1)
