@@ -588,7 +588,7 @@ def _prompt_text(factory: StepFactory, n: int) -> str:
     val_fraction = load_run_config(factory.run_dir).val_fraction
     corpus = open_training_data(data, val_fraction, log=lambda _: None)
     tail = np.asarray(corpus.val[-max(n, 1) :])  # validation text: the tail of the corpus
-    return "".join(np.array(corpus.vocab.chars)[tail].tolist())[:n]
+    return corpus.vocab.decode(tail)[:n]
 
 
 def _targets(

@@ -87,7 +87,7 @@ class Vocabulary:
         return np.fromiter((index[ch] for ch in text), dtype=np.int32, count=len(text))
 
     def decode(self, ids: np.ndarray | list[int]) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+        return "".join(np.array(self.chars)[np.asarray(ids, dtype=np.int64)].tolist())
 
     def unknown(self, text: str) -> list[str]:
         known = set(self.chars)

@@ -64,10 +64,9 @@ class PreparedCorpus:
 
     def text_sample(self, limit: int = 4_000_000) -> str:
         """Up to `limit` characters of text (train, then validation) for corpus statistics."""
-        table = np.array(self.vocab.chars)
         head = np.asarray(self.train[:limit])
         tail = np.asarray(self.val[: max(0, limit - len(head))])
-        return "".join(table[np.concatenate([head, tail])].tolist())
+        return self.vocab.decode(np.concatenate([head, tail]))
 
 
 def is_prepared(path: Path) -> bool:

@@ -14,6 +14,7 @@ batch; the chief (worker 0) alone writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -94,7 +95,7 @@ def train(
     # The cluster must exist before TensorFlow runs anything (it configures the runtime).
     strategy = cluster.strategy() if cluster.size > 1 else None
     lock = RunDirLock(Path(run_dir), "resume" if resume else "train", log)
-    with lock if cluster.is_chief else _no_lock():  # the chief writes; workers only read
+    with lock if cluster.is_chief else contextlib.nullcontext():  # the chief alone writes
         run = TrainingRun(
             config, Path(run_dir), data, resume, force, overrides or {}, log, command, cluster
         )
@@ -106,14 +107,6 @@ def train(
                     run.write_run_json("lost-worker")
                 raise cluster.lost_worker_error(exc) from None
             raise
-
-
-class _no_lock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class TrainingRun:
@@ -168,8 +161,8 @@ class TrainingRun:
             self.vocab.save(run_dir / "vocab.json")
         self.ckpt_dir = run_dir / "checkpoints"
         # This worker's streams of every batch: a contiguous block of rows.
-        share = config.batch_size // cluster.size
-        self.rows = slice(cluster.index * share, (cluster.index + 1) * share)
+        self.share = config.batch_size // cluster.size
+        self.rows = slice(cluster.index * self.share, (cluster.index + 1) * self.share)
         self.state: dict[str, Any] = {
             "epoch": 0,
             "batch": 0,
@@ -296,7 +289,7 @@ class TrainingRun:
 
     def run(self, strategy: Any, progress_bar: bool) -> TrainResult:
         config, state = self.config, self.state
-        self.trainer = trainer = Trainer(config, len(self.vocab), strategy, self.cluster.size)
+        self.trainer = trainer = Trainer(config, len(self.vocab), strategy)
         model_config = trainer.model_config
         self.cold_prompts = common_line_starts(self.data.sample_text)  # "ROMEO:", ...
         self.known_words = corpus_words(self.data.sample_text)
@@ -350,7 +343,7 @@ class TrainingRun:
                 if state["h"] is not None and state["batch"] > 0 and config.stateful:
                     h, c = state["h"][rows], state["c"][rows]
                 else:
-                    h, c = zero_state(model_config, rows_of(rows, config.batch_size))
+                    h, c = zero_state(model_config, self.share)
                 progress = _progress(progress_bar, self.n_batches, state["epoch"] + 1)
                 with progress:
                     task = progress.add_task(
@@ -426,10 +419,6 @@ class TrainingRun:
             chars_per_sec=state["chars_seen"] / max(state["elapsed_s"], 1e-9),
             interrupted=interrupted,
         )
-
-
-def rows_of(rows: slice, batch: int) -> int:
-    return len(range(*rows.indices(batch)))
 
 
 def _sample_prompt(vocab: Vocabulary) -> str:

@@ -50,9 +50,7 @@ class Trainer:
     worker's share of the batch (all of it for one process).
     """
 
-    def __init__(
-        self, config: TrainConfig, vocab_size: int, strategy: Any = None, workers: int = 1
-    ) -> None:
+    def __init__(self, config: TrainConfig, vocab_size: int, strategy: Any = None) -> None:
         import keras
         import tensorflow as tf
 
@@ -62,7 +60,6 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         self.config = config
         self.strategy = strategy
-        self.workers = workers
         self.model_config = config.model_config(vocab_size)
         self.precision = resolve_precision(config.precision)
         policy = "mixed_bfloat16" if self.precision == "bf16" else "float32"
@@ -98,7 +95,7 @@ class Trainer:
 
             self.train_step = train_step
         else:
-            self.train_step = self._distributed_step(tf, strategy, workers)
+            self.train_step = self._distributed_step(tf, strategy)
             self._collectives(tf, strategy)
 
         eval_model = self.eval_model
@@ -113,7 +110,7 @@ class Trainer:
 
         self.eval_step = eval_step
 
-    def _distributed_step(self, tf: Any, strategy: Any, workers: int) -> Any:
+    def _distributed_step(self, tf: Any, strategy: Any) -> Any:
         model, optimizer, clip = self.model, self.optimizer, self.config.clip_norm
         variables = model.trainable_variables
         global_tokens = float(self.config.batch_size * self.config.seq_length)
