@@ -161,3 +161,14 @@ def test_ctrl_c_stops_every_local_worker(tmp_path: Path) -> None:
             not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
         ), f"worker {pid} still running"
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_workers_share_one_clock_under_a_time_budget(tmp_path: Path) -> None:
+    # A wall-clock budget drives the learning-rate schedule: with each worker's own clock the
+    # workers would apply different learning rates and their weights would drift apart.
+    proc = toolkit(["train", *TINY, "--max-minutes", "0.15", "--workers", "2",
+                    "--out", str(tmp_path / "r")])  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    done = {line.split("]")[0]: line.split("best val loss")[1] for line in proc.stdout.splitlines()
+            if "done:" in line}  # fmt: skip
+    assert len(done) == 2 and len(set(done.values())) == 1, done

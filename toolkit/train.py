@@ -367,7 +367,9 @@ class TrainingRun:
                         state["batch"] += 1
                         state["step"] += 1
                         state["chars_seen"] += chars_per_step
-                        state["elapsed_s"] += time.monotonic() - t0
+                        state["elapsed_s"] = trainer.shared_clock(
+                            state["elapsed_s"] + time.monotonic() - t0
+                        )
                         progress.update(task, advance=1, description=f"loss {float(loss):.3f}")
                         # Every worker must take the same branch: they agree (the chief's
                         # clock is not the others').

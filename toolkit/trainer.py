@@ -158,6 +158,17 @@ class Trainer:
         values = self._agree(tf.constant([1.0 if f else 0.0 for f in flags]))
         return tuple(bool(v > 0) for v in values.numpy())
 
+    def shared_clock(self, seconds: float) -> float:
+        """The workers' mean training time: one clock for the learning-rate schedule and the
+        budget on every worker (with each worker's own, their learning rates would differ and
+        their weights drift apart)."""
+        if self.strategy is None:
+            return seconds
+        import tensorflow as tf
+
+        total = self._agree(tf.constant([seconds], dtype=tf.float64))
+        return float(total.numpy()[0]) / self.strategy.num_replicas_in_sync
+
     def gather_rows(self, x: Any) -> np.ndarray | None:
         """The whole batch's rows of a per-worker tensor (for checkpoints), in worker order."""
         if x is None:
