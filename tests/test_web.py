@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from toolkit.errors import UsageError, WebError
@@ -23,6 +24,7 @@ from toolkit.web import ORT_FILES, SiteServer, build_site
 MODEL = Path(__file__).resolve().parents[1] / "exported" / "shakespeare"
 PROMPTS = ("ROMEO:", "JULIET:")
 GREEDY_CHARS = 300
+INT8_LOGIT_TOLERANCE = 0.15  # wasm against native int8 logits: measured up to 0.06
 
 
 @pytest.fixture(scope="module")
@@ -137,14 +139,41 @@ def page(request: pytest.FixtureRequest, server: SiteServer, browser: Any) -> It
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_greedy_text_in_the_browser_equals_the_python_runtime(page: Any, prompt: str) -> None:
-    from toolkit.browser import generate_in_page
+def test_the_browser_computes_the_python_runtime_logits_and_greedy_text(
+    page: Any, prompt: str
+) -> None:
+    from toolkit.browser import generate_in_page, logits_in_page
 
     in_browser = generate_in_page(page, prompt=prompt, length=GREEDY_CHARS, temperature=0)
     native = load(MODEL, runtime="onnx", variant=page.variant)
     expected = native.generate(prompt, length=GREEDY_CHARS, temperature=0).texts[0]
     assert len(in_browser) == GREEDY_CHARS
-    assert in_browser == expected
+    # Step by step on the same text (teacher-forced), the page computes the native logits.
+    text = prompt + expected
+    got = logits_in_page(page, text)
+    session = native.session()
+    rows = []
+    for token in native.encode(text):
+        session._step(np.array([token], np.int32))
+        assert session.logits is not None
+        rows.append(session.logits[0])
+    want = np.stack(rows)
+    diff = np.abs(got - want).max()
+    if page.variant == "fp32":
+        assert diff < 1e-4  # measured ~5e-6
+        assert in_browser == expected
+        return
+    # Dynamic int8 rounds each step's activations, and wasm's integer kernels are not x86's:
+    # the logits differ by a few hundredths (measured up to 0.06), so at a near-tie the
+    # greedy choice can tip and the two texts part there (the default run of 2026-11-28 did
+    # after 151 and 209 characters). Fed the same text, the page must compute the native
+    # logits within that error, and choose differently only where the native top two are
+    # closer than it.
+    assert diff < INT8_LOGIT_TOLERANCE, diff
+    top_two = np.sort(want, axis=-1)[:, -2:]
+    differs = got.argmax(-1) != want.argmax(-1)
+    assert differs.mean() <= 0.02
+    assert np.all(top_two[differs, 1] - top_two[differs, 0] < 2 * INT8_LOGIT_TOLERANCE)
 
 
 def test_page_api_sampling_options_and_errors(page: Any) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 from toolkit.errors import WebError
 
 # Headless, and no calls home: on a machine without internet Chromium would otherwise keep
@@ -98,3 +100,9 @@ def generate_in_page(page: Any, **options: Any) -> str:
     """window.toolkit.generate(options) in the page; options use the JS names (topK, topP)."""
     text: str = page.evaluate("(options) => window.toolkit.generate(options)", options)
     return text
+
+
+def logits_in_page(page: Any, text: str) -> np.ndarray:
+    """window.toolkit.logits: [len(text), vocab] float32, the state carried from zeros."""
+    rows = page.evaluate("(text) => window.toolkit.logits({text})", text)
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)

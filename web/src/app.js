@@ -5,6 +5,7 @@
 //   await window.toolkit.ready                       // the model is loaded
 //   await window.toolkit.generate({prompt, length, temperature, topK, topP, stop, seed})
 //   await window.toolkit.timeSteps({steps, rounds, model})   // benchmark: µs per step
+//   await window.toolkit.logits({text})              // teacher-forced logits, one row per char
 
 import * as ort from "./ort/ort.wasm.min.mjs";
 import { GenerationError, Generator } from "./generator.js";
@@ -349,6 +350,21 @@ window.toolkit = {
   async generate({ prompt = "", length = 200, temperature = 1, topK = 0, topP = 1, stop = null, seed = null, unknown = "error" } = {}) {
     await ready;
     return page.generator.generate({ prompt, length, temperature, topK, topP, stop, seed, unknown });
+  },
+  /**
+   * The logits after each character of `text`, fed from the zero state: what the exported
+   * model computes here, to compare with another runtime step by step (a quantized model's
+   * greedy text can part from another runtime's at a near-tie; its logits stay close).
+   */
+  async logits({ text = "", unknown = "error" } = {}) {
+    await ready;
+    const session = page.generator.session();
+    const rows = [];
+    for (const token of page.generator.encode(text, unknown)) {
+      await session.step(token);
+      rows.push(Array.from(session.logits));
+    }
+    return rows;
   },
   timeSteps,
   GenerationError,
