@@ -103,7 +103,16 @@ def test_same_text_as_the_plain_loop(
 
 def test_sampler_matches_sample_next_over_many_draws() -> None:
     rng = np.random.default_rng(0)
-    for batch, temperature in [(1, 0.8), (1, 0.05), (1, 3.0), (32, 0.8), (7, 1.0)]:
+    # 0.01: logits / temperature past exp's range (~709), where the sums are redone shifted.
+    for batch, temperature in [
+        (1, 0.8),
+        (1, 0.05),
+        (1, 0.01),
+        (1, 3.0),
+        (32, 0.8),
+        (32, 0.01),
+        (7, 1.0),
+    ]:
         logits = (rng.standard_normal((400, batch, 65)) * 4).astype(np.float32)
         fast_rng, ref_rng = np.random.default_rng(1), np.random.default_rng(1)
         sampler = Sampler(batch, temperature, rng=fast_rng, block=64)
@@ -139,3 +148,14 @@ def test_stop_matcher_finds_every_end_and_holds_back_prefixes(stop: str) -> None
         # The longest tail that could still grow into `stop`.
         longest = max(k for k in range(len(stop) + 1) if seen.endswith(stop[:k]) or k == 0)
         assert pending == longest
+
+
+@pytest.mark.parametrize("stop", ["abcabd", "aabaaab", "ab?ab", "?a", "abab", "c"])
+def test_stop_matcher_table_is_the_longest_suffix_that_starts_stop(stop: str) -> None:
+    chars = ["a", "b", "c", "d"]  # "?" is outside the vocabulary
+    table = StopMatcher(stop, chars, 1).table
+    for state in range(len(stop) + 1):
+        for token, ch in enumerate(chars):
+            text = stop[:state] + ch
+            keep = max(k for k in range(min(len(text), len(stop)) + 1) if text.endswith(stop[:k]))
+            assert table[state, token] == keep, (state, ch)

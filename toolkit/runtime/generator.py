@@ -6,6 +6,7 @@ that keeps its state between calls (feed text, sample more, feed more ...).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ class Session:
         sampler = Sampler(self.batch, temperature, top_k, top_p, rng, block=min(length, 256))
         if self.logits is None:
             self.feed(self.generator.start_text)
+        if self.batch == 1:
+            return [self._sample_one(length, sampler, stop, on_text)]
         tokens = np.zeros((length, self.batch), dtype=np.int32)
         ends = np.full(self.batch, length)  # characters each row keeps
         done = np.zeros(self.batch, dtype=bool)
@@ -103,11 +106,13 @@ class Session:
         stream = _Stream(self.generator, on_text, self.batch) if on_text is not None else None
         self.first_char_at = None
         n = 0
+        step, draw, perf_counter = self.generator.backend.step, sampler.draw, time.perf_counter
+        logits, h, c = self.logits, self.h, self.c
+        assert logits is not None
+        next_flush = -math.inf
         try:
             for i in range(length):
-                assert self.logits is not None
-                token = sampler.draw(self.logits)
-                tokens[i] = token
+                token = draw(logits, tokens[i])
                 n = i + 1
                 if matcher is not None and matcher.advance(token):
                     ends[matcher.hit & ~done] = n - matcher.length
@@ -115,17 +120,76 @@ class Session:
                     if done.all():
                         break
                 if stream is not None:
-                    stream.maybe_flush(tokens, n, ends, done, matcher)
+                    now = perf_counter()
+                    if now >= next_flush:
+                        next_flush = now + STREAM_INTERVAL_S
+                        stream.flush_safe(tokens, n, ends, done, matcher)
                 elif i == 0:
-                    self.first_char_at = time.perf_counter()
-                self._step(token)
+                    self.first_char_at = perf_counter()
+                logits, h, c = step(token, h, c)
         finally:
             sampler.close()
+            self.logits, self.h, self.c = logits, h, c
         ends = np.minimum(ends, n)
         if stream is not None:
             stream.flush(tokens, ends)
             self.first_char_at = stream.first_at
         return [self.generator.decode(tokens[: ends[row], row]) for row in range(self.batch)]
+
+    def _sample_one(
+        self,
+        length: int,
+        sampler: Sampler,
+        stop: str | None,
+        on_text: Callable[[int, str], None] | None,
+    ) -> str:
+        """`sample` for one row, with Python ints in the loop instead of [batch] arrays.
+
+        At batch 1 the step of a small int8 model takes ~30 us and every numpy call around it
+        1-2 us, so the bookkeeping (the token list, the stop automaton's state, the stream's
+        clock) stays in plain Python; the tokens and text are the same as `sample`'s (tested).
+        """
+        assert self.logits is not None
+        step, perf_counter = self.generator.backend.step, time.perf_counter
+        draw = sampler.row_drawer(len(self.generator.chars))
+        logits, h, c = self.logits, self.h, self.c
+        # One ready input array per token: cheaper than writing the token into an array.
+        token_in = [np.array([token], dtype=np.int32) for token in range(len(self.generator.chars))]
+        out: list[int] = []
+        matcher = StopMatcher(stop, self.generator.chars, 1) if stop else None
+        table, stop_len, held = (matcher.rows, matcher.length, 0) if matcher else (None, 0, 0)
+        stream = _Stream(self.generator, on_text, 1) if on_text is not None else None
+        sent, next_flush = 0, -math.inf
+        self.first_char_at = None
+        try:
+            with np.errstate(over="ignore"):  # an overflow is redone (Sampler.row_drawer)
+                for i in range(length):
+                    token = draw(logits)
+                    out.append(token)
+                    if table is not None:
+                        held = table[held][token]  # characters that may be the start of `stop`
+                        if held == stop_len:
+                            del out[-stop_len:]
+                            held = 0
+                            break
+                    if stream is not None:
+                        now = perf_counter()
+                        if now >= next_flush:
+                            next_flush = now + STREAM_INTERVAL_S
+                            if len(out) - held > sent:
+                                stream.send(0, out[sent : len(out) - held])
+                                sent = len(out) - held
+                    elif i == 0:
+                        self.first_char_at = perf_counter()
+                    logits, h, c = step(token_in[token], h, c)
+        finally:
+            sampler.close()
+            self.logits, self.h, self.c = logits, h, c
+        if stream is not None:
+            if len(out) > sent:
+                stream.send(0, out[sent:])
+            self.first_char_at = stream.first_at
+        return self.generator.decode(np.asarray(out, dtype=np.int32))
 
 
 # Streamed text is handed over at most this often: a terminal cannot show more, and a
@@ -142,10 +206,9 @@ class _Stream:
         self.generator = generator
         self.on_text = on_text
         self.sent = np.zeros(batch, dtype=np.int64)  # characters of each row already passed on
-        self.last = -np.inf
         self.first_at: float | None = None
 
-    def maybe_flush(
+    def flush_safe(
         self,
         tokens: np.ndarray,
         n: int,
@@ -153,20 +216,20 @@ class _Stream:
         done: np.ndarray,
         matcher: StopMatcher | None,
     ) -> None:
-        now = time.perf_counter()
-        if now - self.last < STREAM_INTERVAL_S:
-            return
-        self.last = now
+        """Pass on each row's text up to what cannot be the start of `stop` (or its end)."""
         safe = np.full(len(ends), n) if matcher is None else n - matcher.state
         self.flush(tokens, np.where(done, ends, safe))
 
     def flush(self, tokens: np.ndarray, upto: np.ndarray) -> None:
         for row in np.flatnonzero(upto > self.sent):
             start, stop = int(self.sent[row]), int(upto[row])
-            if self.first_at is None:
-                self.first_at = time.perf_counter()
-            self.on_text(int(row), self.generator.decode(tokens[start:stop, row]))
+            self.send(int(row), tokens[start:stop, row])
             self.sent[row] = stop
+
+    def send(self, row: int, ids: np.ndarray | list[int]) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        self.on_text(row, self.generator.decode(np.asarray(ids, dtype=np.int32)))
 
 
 class StopMatcher:
@@ -180,31 +243,53 @@ class StopMatcher:
     """
 
     def __init__(self, stop: str, chars: list[str], batch: int) -> None:
-        self.length = len(stop)
-        table = np.zeros((len(stop) + 1, len(chars)), dtype=np.int32)
-        for state in range(len(stop) + 1):
-            for token, ch in enumerate(chars):
-                text = stop[:state] + ch
-                # The longest suffix of `text` that is a prefix of `stop` (at most len(stop)).
-                keep = min(len(text), len(stop))
-                while keep and text[len(text) - keep :] != stop[:keep]:
-                    keep -= 1
-                table[state, token] = keep
+        self.length = n = len(stop)
+        # border[k]: the longest proper suffix of stop[:k] that is also a prefix of stop.
+        border = [0] * (n + 1)
+        for k in range(2, n + 1):
+            b = border[k - 1]
+            while b and stop[b] != stop[k - 1]:
+                b = border[b]
+            border[k] = b + 1 if stop[b] == stop[k - 1] else 0
+        # table[state, token]: the longest suffix of stop[:state] + chars[token] that is a
+        # prefix of `stop`. A mismatch falls back to the border's row (the KMP automaton).
+        index = {ch: i for i, ch in enumerate(chars)}
+        table = np.zeros((n + 1, len(chars)), dtype=np.int32)
+        for state in range(n + 1):
+            if state:
+                table[state] = table[border[state]]
+            if state < n and stop[state] in index:
+                table[state, index[stop[state]]] = state + 1
         self.table = table
         self.rows = table.tolist()  # batch 1: plain Python indexing is ~10x cheaper
-        self.state = np.zeros(batch, dtype=np.int32)
+        # Batch > 1: the state kept as a row offset into the flattened table, whose entries
+        # are offsets too, so one step is an add and a take (no 2-D fancy indexing).
+        self._vocab = len(chars)
+        self._flat = (table * self._vocab).ravel()
+        self._offset = np.zeros(batch, dtype=np.int32)
+        self._index = np.zeros(batch, dtype=np.int32)
+        self._hit_offset = n * self._vocab
         self.hit = np.zeros(batch, dtype=bool)
 
+    @property
+    def state(self) -> np.ndarray:
+        """Per row: how many of the text's last characters may be the start of `stop`."""
+        return self._offset // self._vocab
+
     def advance(self, tokens: np.ndarray) -> bool:
-        """Feed one token per row; True if some row's text now ends with `stop` (see `hit`)."""
+        """Feed one token per row; True if some row's text now ends with `stop` (then `hit`
+        says which)."""
         if tokens.shape[0] == 1:
-            s = self.rows[int(self.state[0])][int(tokens[0])]
-            self.state[0] = s
-            self.hit[0] = s == self.length
-            return s == self.length
-        self.state = self.table[self.state, tokens]
-        self.hit = self.state == self.length
-        return bool(self.hit.any())
+            offset = self._flat[int(self._offset[0]) + int(tokens[0])]
+            self._offset[0] = offset
+            self.hit[0] = hit = offset == self._hit_offset
+            return bool(hit)
+        np.add(self._offset, tokens, self._index)
+        np.take(self._flat, self._index, out=self._offset)
+        if self._offset.max() < self._hit_offset:
+            return False
+        self.hit = self._offset == self._hit_offset
+        return True
 
 
 class Generator:
