@@ -64,6 +64,7 @@ def summarize(name: str, run_dir: Path) -> dict:
     return {
         "preset": name,
         "model": info["model"],
+        "weight_decay": json.loads((run_dir / "config.json").read_text()).get("weight_decay", 0.0),
         "budget_minutes": PRESETS[name].max_minutes,
         "train_seconds": info["elapsed_s"],
         "epochs": info["epochs_done"],
@@ -138,7 +139,9 @@ def markdown(results: list[dict], command: str, machine: dict, note: str = "") -
         m = r["model"]
         lines.append(
             f"| {r['preset']} | {m['layers']}×{m['units']}, emb {m['embedding_dim']}, "
-            f"dropout {m['dropout']} | {r['budget_minutes']} min | {r['epochs']:.2f} | "
+            f"dropout {m['dropout']}"
+            + (f", weight decay {r['weight_decay']}" if r.get("weight_decay") else "")
+            + f" | {r['budget_minutes']} min | {r['epochs']:.2f} | "
             f"{r['chars_per_sec']:,.0f} | **{r['best_val_loss']:.4f}** | {r['best_val_bpc']:.3f} | "
             f"{r['final_val_loss']:.4f} | ≤ {r['target_val_loss']} | "
             f"{'yes' if r['met_target'] else 'no'} |"

@@ -209,3 +209,21 @@ def test_auto_precision_follows_the_cpu() -> None:
 
     assert resolve_precision("auto") == ("bf16" if cpu_has_bf16() else "fp32")
     assert resolve_precision("fp32") == "fp32"
+
+
+def test_weight_decay_shrinks_kernels_and_embeddings_not_biases(tiny_config) -> None:
+    import dataclasses
+
+    from toolkit.trainer import Trainer
+
+    config = dataclasses.replace(tiny_config, weight_decay=0.5, learning_rate=0.1)
+    trainer = Trainer(config, vocab_size=12)
+    variables = trainer.model.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    # Zero gradients: Adam's own update is zero, so only the decay moves the weights.
+    trainer.optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in variables])
+    for v, old in zip(variables, before, strict=True):
+        expected = old if "bias" in v.path else old * (1 - 0.1 * 0.5)
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, atol=1e-7, err_msg=v.path)
+    with pytest.raises(UsageError, match="weight-decay"):
+        dataclasses.replace(tiny_config, weight_decay=-1.0).validate()

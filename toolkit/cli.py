@@ -147,6 +147,9 @@ def train(
     units: Annotated[int | None, typer.Option()] = None,
     layers: Annotated[int | None, typer.Option()] = None,
     dropout: Annotated[float | None, typer.Option()] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="decoupled weight decay (AdamW-style), 0 = off")
+    ] = None,
     val_fraction: Annotated[float | None, typer.Option()] = None,
     precision: Annotated[
         Precision, typer.Option(help="training compute: auto = bf16 where the CPU has it")
@@ -183,6 +186,7 @@ def train(
             "units": units,
             "layers": layers,
             "dropout": dropout,
+            "weight_decay": weight_decay,
             "val_fraction": val_fraction,
             "reset_prob": reset_prob,
             "val_chars": val_chars,

@@ -34,6 +34,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.05  # cosine decay ends at learning_rate * min_lr_ratio
     warmup_steps: int = 50
     clip_norm: float = 1.0
+    # Decoupled (AdamW-style) weight decay on the kernels and embeddings, scaled by the
+    # learning rate; biases are not decayed. A regulariser for small corpora.
+    weight_decay: float = 0.0
     jit_compile: bool = False  # XLA for the training step
     stateful: bool = True  # carry LSTM state across consecutive windows (char-rnn style)
     # Probability that a stream's carried state is zeroed at a window border. Carried state
@@ -84,6 +87,7 @@ class TrainConfig:
             (self.seq_length >= 2, "seq-length must be >= 2"),
             (self.batch_size >= 1, "batch-size must be >= 1"),
             (self.learning_rate > 0, "learning-rate must be > 0"),
+            (self.weight_decay >= 0, "weight-decay must be >= 0"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.max_minutes is None or self.max_minutes > 0, "max-minutes must be > 0"),
             (0.0 < self.val_fraction < 0.5, "val-fraction must be in (0, 0.5)"),
@@ -134,11 +138,14 @@ PRESETS: dict[str, TrainConfig] = {
     # back-propagation enough; light dropout before the output layer narrows the train/val gap.
     # 10% state resets (see quick), measured here too: line-start loss +0.075 over carried
     # instead of ~+0.15, carried loss +0.004 at the same budget.
+    # Weight decay 0.1 (decoupled, as AdamW): best validation 1.4460 against 1.4515 without
+    # in the same 10 minutes; 0.3 held the training loss back too much (1.4525).
     "default": TrainConfig(
         preset="default",
         batch_size=128,
         seq_length=50,
         dropout=0.1,
+        weight_decay=0.1,
         max_minutes=10.0,
         reset_prob=0.1,
     ),

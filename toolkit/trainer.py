@@ -65,7 +65,11 @@ class Trainer:
         policy = "mixed_bfloat16" if self.precision == "bf16" else "float32"
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self.model = build_model(self.model_config, policy)
-            self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+            self.optimizer = keras.optimizers.Adam(
+                learning_rate=config.learning_rate, weight_decay=config.weight_decay or None
+            )
+            if config.weight_decay:
+                self.optimizer.exclude_from_weight_decay(var_names=["bias"])
             self.optimizer.build(self.model.trainable_variables)
         # Validation, samples and cold-start figures use a plain float32 model, like every
         # exported graph (and, on a worker, outside the strategy: no collectives in them).
