@@ -182,11 +182,15 @@ def test_page_api_sampling_options_and_errors(page: Any) -> None:
     a = generate_in_page(page, prompt="KING:", length=80, temperature=0.8, topK=5, seed=3)
     b = generate_in_page(page, prompt="KING:", length=80, temperature=0.8, topK=5, seed=3)
     assert a == b and len(a) == 80
-    stopped = generate_in_page(page, prompt="ROMEO:", length=400, temperature=0, stop="\n\n")
-    greedy = load(MODEL, runtime="onnx", variant=page.variant).generate(
-        "ROMEO:", length=400, temperature=0, stop="\n\n"
-    )
-    assert stopped == greedy.texts[0] and "\n\n" not in stopped
+    unstopped = generate_in_page(page, prompt="ROMEO:", length=400, temperature=0)
+    stop = unstopped[200:203]  # three characters the page's own greedy text reaches
+    stopped = generate_in_page(page, prompt="ROMEO:", length=400, temperature=0, stop=stop)
+    assert stopped == unstopped[: unstopped.index(stop)] and stop not in stopped
+    if page.variant == "fp32":  # int8 may part from native at a near-tie (see above)
+        greedy = load(MODEL, runtime="onnx", variant=page.variant).generate(
+            "ROMEO:", length=400, temperature=0, stop=stop
+        )
+        assert stopped == greedy.texts[0]
     error = page.evaluate(
         "() => window.toolkit.generate({prompt: 'Ω?', length: 5}).then(() => '', e => e.message)"
     )
