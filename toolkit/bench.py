@@ -421,6 +421,7 @@ def measure_generation(
                 "step_chars_per_sec": step_cps,
                 "generate_chars_per_sec": generate_cps,
                 "ratio": statistics.median(paired),
+                "round_ratios": [round(r, 4) for r in paired],
             }
         )
     return rows
