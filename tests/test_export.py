@@ -133,6 +133,35 @@ def test_existing_target_needs_force_and_adding_formats(tiny_run: Path, tmp_path
     assert sorted(read_manifest(out)["artifacts"]) == ["model.onnx", "weights.npz"]
 
 
+def test_export_of_retrained_weights_replaces_the_whole_folder(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """--force into a folder exported from other weights keeps nothing of them."""
+    import shutil
+
+    from toolkit.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    out = tmp_path / "exp"
+    export_run(run, out, formats=["numpy", "onnx"], log=lambda _: None, command="toolkit export a")
+    info = json.loads((run / "run.json").read_text())
+    info["steps"] += 1  # the same run directory, trained again
+    (run / "run.json").write_text(json.dumps(info))
+    before = (out / "weights.npz").read_bytes()
+    with pytest.raises(ExportError, match="other weights"):
+        export_run(run, out, formats=["onnx"], log=lambda _: None)
+    assert (out / "weights.npz").read_bytes() == before
+    export_run(
+        run, out, formats=["onnx"], force=True, log=lambda _: None, command="toolkit export b"
+    )
+    manifest = read_manifest(out)
+    assert sorted(manifest["artifacts"]) == ["model.onnx"]
+    assert manifest["source"]["steps"] == info["steps"]
+    assert manifest["source"]["commands"] == ["toolkit export b"]
+    assert not (out / "weights.npz").exists()
+
+
 def test_failed_validation_leaves_nothing(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
     import toolkit.export as export
 

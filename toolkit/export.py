@@ -676,22 +676,28 @@ def export_run(
     out_dir = Path(out_dir)
 
     manifest = _existing_manifest(out_dir)
+    # A folder exported from other weights (another run, or this run trained again) must not
+    # end up mixing them with these: --force replaces the whole export, not just its clashes.
+    other_weights = bool(manifest) and not _same_training(manifest, source.info)
+    if other_weights and not force:
+        old = manifest.get("source", {})
+        raise ExportError(
+            f"{out_dir} holds an export of other weights (run {old.get('run_name')}, "
+            f"{old.get('steps')} steps); use --force to replace it or --out for another folder"
+        )
+    stale: list[str] = []
+    if other_weights:
+        stale = [
+            name
+            for artifact in manifest.get("artifacts", {})
+            for name in (artifact, *COMPANION_FILES.get(artifact, ()))
+        ]
+        manifest = {}
     clashes = [
         artifact_name(f, q) for f, q in plan if artifact_name(f, q) in manifest.get("artifacts", {})
     ]
-    if (
-        manifest
-        and manifest.get("source", {}).get("run_name") not in (None, run_name)
-        and not force
-    ):
-        raise ExportError(
-            f"{out_dir} holds an export of another run ({manifest['source']['run_name']}); "
-            "use --force to replace it or --out for another folder"
-        )
     if clashes and not force:
         raise ExportError(f"{out_dir} already has {', '.join(clashes)}; use --force to overwrite")
-    if force and manifest.get("source", {}).get("run_name") != run_name:
-        manifest = {}
 
     module = make_step_module(folded, config)
     # The run's corpus as token ids: a prepared corpus stays memory-mapped.
@@ -778,6 +784,10 @@ def export_run(
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         (staging / CARD_NAME).write_text(model_card(manifest, str(out_dir)), encoding="utf-8")
         _commit(staging, out_dir, [a.file for a in artifacts])
+        written = {name for a in artifacts for name in (a.file, *a.files)}
+        for name in stale:  # the earlier weights' files, once the new manifest is in place
+            if name not in written:
+                (out_dir / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir, artifacts
@@ -786,6 +796,12 @@ def export_run(
 def _ensure_parent(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return out_dir.parent
+
+
+def _same_training(manifest: dict[str, Any], info: dict[str, Any]) -> bool:
+    """Whether an existing export was made from the same weights as `info` describes."""
+    previous = manifest.get("source", {})
+    return all(previous.get(k) == info.get(k) for k in ("run_name", "steps", "best_val_loss"))
 
 
 def _existing_manifest(out_dir: Path) -> dict[str, Any]:
