@@ -5,6 +5,7 @@ No TensorFlow here: the tf.data pipeline lives in train.py.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
@@ -78,7 +79,7 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.chars)
 
-    @property
+    @functools.cached_property
     def index(self) -> dict[str, int]:
         return {ch: i for i, ch in enumerate(self.chars)}
 
@@ -86,8 +87,12 @@ class Vocabulary:
         index = self.index
         return np.fromiter((index[ch] for ch in text), dtype=np.int32, count=len(text))
 
+    @functools.cached_property
+    def _table(self) -> np.ndarray:
+        return np.array(self.chars)
+
     def decode(self, ids: np.ndarray | list[int]) -> str:
-        return "".join(np.array(self.chars)[np.asarray(ids, dtype=np.int64)].tolist())
+        return "".join(self._table[np.asarray(ids, dtype=np.int64)].tolist())
 
     def unknown(self, text: str) -> list[str]:
         known = set(self.chars)

@@ -261,8 +261,8 @@ class StopMatcher:
             if state < n and stop[state] in index:
                 table[state, index[stop[state]]] = state + 1
         self.table = table
-        self.rows = table.tolist()  # batch 1: plain Python indexing is ~10x cheaper
-        # Batch > 1: the state kept as a row offset into the flattened table, whose entries
+        self.rows = table.tolist()  # Session._sample_one: plain Python indexing, ~10x cheaper
+        # Arrays of rows (`advance`): the state kept as a row offset into the flattened table, whose entries
         # are offsets too, so one step is an add and a take (no 2-D fancy indexing).
         self._vocab = len(chars)
         self._flat = (table * self._vocab).ravel()
@@ -279,11 +279,6 @@ class StopMatcher:
     def advance(self, tokens: np.ndarray) -> bool:
         """Feed one token per row; True if some row's text now ends with `stop` (then `hit`
         says which)."""
-        if tokens.shape[0] == 1:
-            offset = self._flat[int(self._offset[0]) + int(tokens[0])]
-            self._offset[0] = offset
-            self.hit[0] = hit = offset == self._hit_offset
-            return bool(hit)
         np.add(self._offset, tokens, self._index)
         np.take(self._flat, self._index, out=self._offset)
         if self._offset.max() < self._hit_offset:
