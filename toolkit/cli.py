@@ -422,12 +422,16 @@ def generate(
 ) -> None:
     """Generate text, streaming characters as they are produced."""
     from toolkit.runtime.generator import load
+    from toolkit.runtime.sampling import check_sampling_args
 
     if length < 0:
         raise UsageError(f"length must be >= 0, got {length}")
     if runtime == Runtime.keras:
         _tensorflow()
     generator = load(model, runtime=runtime.value, variant=variant.value, threads=threads)
+    # Refuse bad options and prompts before the prompt is echoed: stdout gets text or nothing.
+    check_sampling_args(temperature, top_k, top_p)
+    generator.encode(prompt, unknown.value)
     stream = num_samples == 1 and not as_json
     if stream:
         sys.stdout.write(prompt)
