@@ -9,6 +9,7 @@ random Generator where the reference leaves it.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -112,6 +113,7 @@ def test_sampler_matches_sample_next_over_many_draws() -> None:
         (32, 0.8),
         (32, 0.01),
         (7, 1.0),
+        (64, 0.9),  # past SMALL_MATRIX_PRODUCT: float64 throughout
     ]:
         logits = (rng.standard_normal((400, batch, 65)) * 4).astype(np.float32)
         fast_rng, ref_rng = np.random.default_rng(1), np.random.default_rng(1)
@@ -121,6 +123,45 @@ def test_sampler_matches_sample_next_over_many_draws() -> None:
         ref = np.stack([sample_next(step, ref_rng, temperature) for step in logits])
         np.testing.assert_array_equal(fast, ref)
         assert fast_rng.random() == ref_rng.random()
+
+
+class _GivenUniforms:
+    """A stand-in random Generator that returns the given uniforms, one row per draw."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.bit_generator = SimpleNamespace(state={})
+
+    def random(self, shape: tuple[int, int]) -> np.ndarray:
+        assert shape == self.rows.shape  # one block: close() has nothing to hand back
+        return self.rows
+
+
+def _float64_draw(logits: np.ndarray, temperature: float, u: float) -> int:
+    """The float64 arithmetic the float32 draw must reproduce (Sampler._float64_row_drawer)."""
+    sums = np.add.accumulate(np.exp(logits.astype(np.float64) / temperature))
+    return int(np.searchsorted(sums, u * sums[-1], side="left"))
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_float32_draws_are_kept_only_far_from_a_boundary(batch: int) -> None:
+    """Uniforms on, or within rounding of, a boundary between two characters are redrawn in
+    float64 and give its answer; uniforms halfway between boundaries stay in float32."""
+    temperature = 0.8
+    logits = (np.random.default_rng(5).standard_normal(65) * 2).astype(np.float32)
+    sums = np.add.accumulate(np.exp(logits.astype(np.float64) / temperature))
+    edges = sums[:-1] / sums[-1]
+    near = [u for p in edges for u in (p, np.nextafter(p, 0), np.nextafter(p, 1), p - 1e-7)]
+    wide = np.flatnonzero(np.diff(edges) > 0.002)  # 10x the margin between them
+    assert len(wide) >= 5
+    far = list((edges[wide] + edges[wide + 1]) / 2)
+    for uniforms, redrawn in ((near, True), (far, False)):
+        rows = np.resize(np.asarray(uniforms), (-(-len(uniforms) // batch), batch))  # repeats
+        sampler = Sampler(batch, temperature, rng=_GivenUniforms(rows), block=len(rows))
+        drawn = np.stack([sampler.draw(np.tile(logits, (batch, 1))).copy() for _ in rows])
+        expected = [[_float64_draw(logits, temperature, u) for u in row] for row in rows]
+        np.testing.assert_array_equal(drawn, expected)
+        assert sampler.float64_draws == (rows.size if redrawn else 0)
 
 
 def test_sampler_close_rewinds_unused_uniforms() -> None:

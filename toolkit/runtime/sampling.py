@@ -82,6 +82,33 @@ def sample_next(
     return np.minimum(tokens, probs.shape[-1] - 1).astype(np.int32)
 
 
+# A float32 draw is kept only for totals in this range: beyond it exp overflows float32, and
+# below it subnormal terms lose their precision. Anything else is drawn in float64.
+FLOAT32_TOTALS = (1e-20, math.inf)
+# Multiply-adds up to which OpenBLAS runs a matrix product on one thread (64k * 4): the
+# batch's float32 running sums take one (Sampler.rows_drawer); larger batches use float64.
+SMALL_MATRIX_PRODUCT = 262_144
+
+
+def overflow_detected() -> np.errstate:
+    """The drawers' floating-point state: at very low temperatures exp overflows (and inf * 0
+    in the matrix product is NaN); both are detected and the draw redone, so no warning."""
+    return np.errstate(over="ignore", invalid="ignore")
+
+
+def float32_margin(vocab_size: int) -> float:
+    """How far from every float32 running sum `u * total` must be, as a fraction of the
+    total, for the float32 draw to be the float64 draw.
+
+    Every term that counts has |logit / T| < 89 (exp(89) overflows float32; smaller terms are
+    lost below 1e-20 of the total). Rounding the scaled logit moves a term by < 89 * 1.2e-7
+    of itself, exp by < 4 ulp (2.4e-7), and summing `vocab_size` terms moves a running sum by
+    < vocab_size * 6e-8 of the total. Both sides of the comparison move: twice that, then
+    four times for safety (1.2e-4 for 65 characters).
+    """
+    return 8 * (89 * 1.2e-7 + 2.4e-7 + vocab_size * 6e-8)
+
+
 class Sampler:
     """`sample_next` for one generation: the per-character hot path, vectorised over the batch.
 
@@ -89,9 +116,14 @@ class Sampler:
     cost: uniforms are drawn in blocks instead of once per character, and plain temperature
     sampling skips the normalisation (comparing the running sum against `u * total` needs
     none) and the no-op top-k/top-p masks. At batch 1 one step of a small int8 model takes
-    ~30 us, so each numpy call here (~0.5-1.5 us) counts. The arithmetic is float64 like
-    `sample_next`'s, in a different order: a draw could differ only where `u` falls within
-    rounding (~1e-16) of a boundary between two characters.
+    ~25 us, so each numpy call here (~0.3-1.5 us) counts.
+
+    Plain temperature sampling runs in float32 first, and keeps that draw only when `u * total`
+    is farther from every running sum than float32 rounding could move them
+    (`float32_margin`): then the float64 draw is the same. Otherwise (about 1 in 200 draws
+    per row) it is redone in float64, `sample_next`'s arithmetic in a different order: a draw
+    could differ from it only where `u` falls within rounding (~1e-16) of a boundary.
+    `float64_draws` counts the rows redrawn.
 
     Call `close()` when done: it hands back the uniforms drawn but not used, so the caller's
     random Generator ends where one `rng.random(batch)` per character would have left it.
@@ -120,10 +152,13 @@ class Sampler:
         self._used = 0
         self._state_before_block: Mapping[str, Any] | None = None
         self._one = np.zeros(1, dtype=np.int32)  # batch 1's result, reused
-        # Batch > 1: running sums, thresholds and comparisons, reused every draw.
-        self._rows = (np.zeros((0, 0)), np.zeros((0, 1)), np.zeros((0, 0), dtype=bool))
+        self._rows_draw: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+        self._rows_vocab = 0  # batch > 1, see rows_drawer
         self._row_draw: Callable[[np.ndarray], int] | None = None  # batch 1, see row_drawer
         self._row_vocab = 0
+        self.float64_draws = 0  # rows drawn in float64 (see the class docstring)
+        self._margin = 0.0  # batch > 1: set by rows_drawer, used by _set_bounds
+        self._bounds = (np.empty((0, batch), np.float32), np.empty((0, batch), np.float32))
 
     def _draw_block(self) -> None:
         self._state_before_block = self.rng.bit_generator.state
@@ -131,7 +166,16 @@ class Sampler:
         self._uniforms = self.rng.random((self._block, self.batch))
         if self.batch == 1:
             self._uniform_list = self._uniforms[:, 0].tolist()
+        else:
+            self._set_bounds()
         self._used = 0
+
+    def _set_bounds(self) -> None:
+        """rows_drawer's float32 acceptance bounds for the block: u -/+ the margin."""
+        self._bounds = (
+            (self._uniforms - self._margin).astype(np.float32),
+            (self._uniforms + self._margin).astype(np.float32),
+        )
 
     def _next_uniforms(self) -> np.ndarray:
         if self._used == len(self._uniforms):
@@ -151,40 +195,100 @@ class Sampler:
             return out
         if out is None:
             out = np.empty(self.batch, dtype=np.int32)
+        if self._rows_draw is None or self._rows_vocab != logits.shape[-1]:
+            self._rows_draw = self.rows_drawer(logits.shape[-1])
+            self._rows_vocab = logits.shape[-1]
+        with overflow_detected():
+            return self._rows_draw(logits, out)
+
+    def rows_drawer(self, vocab_size: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Batch > 1's draw as a function of the [batch, vocab] logits and the int32 [batch]
+        array to write the tokens into: row_drawer's arithmetic for every row at once.
+
+        The float32 running sums are one matrix product with a triangle of ones: numpy's
+        row-wise accumulate costs ~4 ns per element, twice that. Summed in any order, they
+        are still within the margin, and the check below does not need them to be sorted: the
+        float32 draw is kept when no running sum of any row lies between (u - margin) * total
+        and (u + margin) * total, so that each comparison with u * total is the float64 one.
+        Rows that fail (about 1 in 200) are redone in float64, all rows when a total is out of
+        range. Batches too large for a small single-threaded matrix product are drawn in
+        float64 throughout. Call it under `overflow_detected()`.
+        """
         if self.greedy:
-            np.argmax(logits, -1, out)
-            return out
+            return lambda logits, out: np.argmax(logits, -1, out)
+        if not self.plain:
+            return self._draw_rows_filtered
+        shape = (self.batch, vocab_size)
+        z32, sums32 = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        triangle = np.triu(np.ones((vocab_size, vocab_size), np.float32))  # [i, j]: i <= j
+        low, high = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+        x_low, x_high = np.zeros((self.batch, 1), np.float32), np.zeros((self.batch, 1), np.float32)
+        total32 = sums32[:, -1]
+        scale = np.array(1.0 / self.temperature, np.float32)  # 0-d: see row_drawer
+        z, sums = np.zeros(shape), np.zeros(shape)
+        below, threshold = np.zeros(shape, dtype=bool), np.zeros((self.batch, 1))
+        total = sums[:, -1]
+        divisor = np.array(self.temperature)
+        row_float64 = self._float64_row_drawer(vocab_size)
+        self._margin = float32_margin(vocab_size)
+        self._set_bounds()  # for the block in use, if any; _draw_block sets the next ones
+        copyto, divide, exp, accumulate = np.copyto, np.divide, np.exp, np.add.accumulate
+        multiply, less, nonzero, dot = np.multiply, np.less, np.count_nonzero, np.dot
+        smallest, largest, count = np.minimum.reduce, np.maximum.reduce, np.add.reduce
+        tiny, inf = FLOAT32_TOTALS
+
+        def draw_float64(logits: np.ndarray, u: np.ndarray, out: np.ndarray) -> np.ndarray:
+            self.float64_draws += self.batch
+            copyto(z, logits)
+            divide(z, divisor, z)
+            exp(z, z)
+            accumulate(z, 1, None, sums)
+            if not (smallest(total) > 0.0 and largest(total) < inf):  # redone shifted
+                copyto(z, logits)
+                divide(z, divisor, z)
+                np.subtract(z, z.max(axis=-1, keepdims=True), z)
+                exp(z, z)
+                accumulate(z, 1, None, sums)
+            multiply(total, u, threshold[:, 0])
+            less(sums, threshold, below)
+            # How many running sums are below u * total; never all of them (the last is the
+            # total, and u < 1), so no clamp is needed.
+            return count(below, 1, np.int32, out)  # type: ignore[call-overload]
+
+        def draw_float64_only(logits: np.ndarray, out: np.ndarray) -> np.ndarray:
+            return draw_float64(logits, self._next_uniforms(), out)
+
+        if self.batch * vocab_size * vocab_size > SMALL_MATRIX_PRODUCT:
+            return draw_float64_only
+
+        def draw(logits: np.ndarray, out: np.ndarray) -> np.ndarray:
+            u = self._next_uniforms()
+            row = self._used - 1
+            multiply(logits, scale, z32)
+            exp(z32, z32)
+            dot(z32, triangle, sums32)
+            if smallest(total32) > tiny and largest(total32) < inf:
+                multiply(total32, self._bounds[0][row], x_low[:, 0])
+                multiply(total32, self._bounds[1][row], x_high[:, 0])
+                less(sums32, x_low, low)
+                less(sums32, x_high, high)
+                count(high, 1, np.int32, out)  # type: ignore[call-overload]
+                # low implies high, so equal counts mean no sum between the bounds; else
+                # the rows where they differ (usually one) are redone in float64.
+                if nonzero(low) != nonzero(high):
+                    for bad in np.flatnonzero(count(low, 1, np.int32) != out):
+                        out[bad] = row_float64(logits[bad : bad + 1], float(u[bad]))
+                return out
+            return draw_float64(logits, u, out)
+
+        return draw
+
+    def _draw_rows_filtered(self, logits: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Top-k / top-p at batch > 1: the reference arithmetic (rarely the bottleneck)."""
         u = self._next_uniforms()
-        if not self.plain:  # top-k / top-p: the reference path (rarely the bottleneck)
-            cdf = np.cumsum(next_token_probs(logits, self.temperature, self.top_k, self.top_p), -1)
-            tokens = (cdf < u[:, None] * cdf[:, -1:]).sum(axis=-1)
-            out[:] = np.minimum(tokens, logits.shape[-1] - 1)
-            return out
-        z, threshold, below = self._rows
-        if z.shape != logits.shape:
-            z, threshold, below = self._rows = (
-                np.zeros(logits.shape),
-                np.zeros((logits.shape[0], 1)),
-                np.zeros(logits.shape, dtype=bool),
-            )
-        # row_drawer's arithmetic, row by row, in preallocated buffers with positional `out`.
-        np.copyto(z, logits)
-        np.divide(z, self.temperature, z)
-        with np.errstate(over="ignore"):  # an overflowing row is redone shifted, below
-            np.exp(z, z)
-        np.add.accumulate(z, 1, None, z)
-        total = z[:, -1]
-        if not (total.min() > 0.0 and total.max() < math.inf):
-            np.copyto(z, logits)
-            np.divide(z, self.temperature, z)
-            z -= z.max(axis=-1, keepdims=True)
-            np.exp(z, z)
-            np.add.accumulate(z, 1, None, z)
-        np.multiply(total, u, threshold[:, 0])
-        np.less(z, threshold, below)
-        # How many running sums are below u * total; never all of them (the last is the
-        # total, and u < 1), so no clamp is needed.
-        np.sum(below, 1, np.int32, out)
+        cdf = np.cumsum(next_token_probs(logits, self.temperature, self.top_k, self.top_p), -1)
+        tokens = (cdf < u[:, None] * cdf[:, -1:]).sum(axis=-1)
+        out[:] = np.minimum(tokens, logits.shape[-1] - 1)
         return out
 
     def draw_one(self, logits: np.ndarray) -> int:
@@ -192,60 +296,88 @@ class Sampler:
         if self._row_draw is None or self._row_vocab != logits.shape[-1]:
             self._row_draw = self.row_drawer(logits.shape[-1])
             self._row_vocab = logits.shape[-1]
-        with np.errstate(over="ignore"):  # an overflow is detected and redone (row_drawer)
+        with overflow_detected():
             return self._row_draw(logits)
 
     def row_drawer(self, vocab_size: int) -> Callable[[np.ndarray], int]:
         """Batch 1's draw as a function of the [1, vocab] logits: the generation loop's hot path.
 
-        Plain temperature sampling is four numpy calls and a `bisect` over a memoryview of
-        the running sums (Python floats, no numpy call). Call it under
-        `np.errstate(over="ignore")`: at very low temperatures exp overflows, which is
-        detected and redone shifted. After a step every numpy call costs
-        0.5-1.5 us (cold caches) against ~25 us for the step of a small int8 model, so the
-        buffers and functions are bound once, here, instead of looked up per character.
+        Plain temperature sampling is three float32 numpy calls (scale, exp, running sums)
+        and a `bisect` over a memoryview of the sums (Python floats, no numpy call), then a
+        check that the two sums around `u * total` are farther from it than the margin; if
+        not, four float64 calls. Call it under `overflow_detected()`: at very low
+        temperatures exp overflows, which is detected and redone. After a step every numpy
+        call costs 0.3-1.5 us (cold caches) against ~25 us for the step of a small int8
+        model, so the buffers and functions are bound once, here, not looked up per character.
         """
         if self.greedy:
             return lambda logits: int(logits.argmax())
         if not self.plain:
             return self._draw_one_filtered
-        z = np.zeros((1, vocab_size))
-        row = z[0]
-        view = memoryview(row)  # indexing gives Python floats, so `bisect` needs no numpy
-        copyto, divide, exp, accumulate = np.copyto, np.divide, np.exp, np.add.accumulate
-        bisect_left, inf, temperature, last = (
-            bisect.bisect_left,
-            math.inf,
-            self.temperature,
-            vocab_size - 1,
-        )
+        z32, sums32 = np.zeros((1, vocab_size), np.float32), np.zeros(vocab_size, np.float32)
+        row32, view32 = z32[0], sums32.data  # a memoryview: indexing gives Python floats
+        # The scale as a 0-d array: numpy converts a Python scalar operand on every call
+        # (~0.3 us here).
+        scale = np.array(1.0 / self.temperature, np.float32)
+        draw_float64 = self._float64_row_drawer(vocab_size)
+        margin = float32_margin(vocab_size)
+        multiply, exp, accumulate = np.multiply, np.exp, np.add.accumulate
+        bisect_left, (tiny, inf) = bisect.bisect_left, FLOAT32_TOTALS
 
         def draw(logits: np.ndarray) -> int:
             if self._used == len(self._uniform_list):
                 self._draw_block()
             u = self._uniform_list[self._used]
             self._used += 1
+            multiply(logits, scale, z32)
+            exp(z32, z32)
+            accumulate(row32, 0, None, sums32)
+            total = view32[-1]
+            if tiny < total < inf:
+                x = u * total
+                token = bisect_left(view32, x)
+                # The sums only grow, so the two around x are the nearest ones.
+                gap = margin * total
+                if view32[token] - x > gap and (token == 0 or x - view32[token - 1] > gap):
+                    return token
+            return draw_float64(logits, u)
+
+        return draw
+
+    def _float64_row_drawer(self, vocab_size: int) -> Callable[[np.ndarray, float], int]:
+        """One row's draw in float64, given its [1, vocab] logits and its uniform."""
+        z = np.zeros((1, vocab_size))
+        row, sums = z[0], np.zeros(vocab_size)
+        view = sums.data  # a memoryview: indexing gives Python floats
+        divisor = np.array(self.temperature)  # the same division as by the Python float
+        copyto, divide, exp, accumulate = np.copyto, np.divide, np.exp, np.add.accumulate
+        bisect_left, inf = bisect.bisect_left, math.inf
+
+        def draw_float64(logits: np.ndarray, u: float) -> int:
             # The float64 arithmetic of next_token_probs, minus the division by the sum, and
             # without the usual shift by the maximum: exp overflows only past ~709, which a
             # char model's logits reach at very low temperatures; then it is redone shifted.
             # Positional `out` and an exact float32 -> float64 copy instead of `dtype=`:
-            # numpy's keyword and casting paths cost a microsecond a call here.
+            # numpy's keyword and casting paths cost a microsecond a call here. The running
+            # sums go to their own buffer: accumulating in place makes numpy copy the input.
+            self.float64_draws += 1
             copyto(z, logits)
-            divide(z, temperature, z)
+            divide(z, divisor, z)
             exp(z, z)
-            accumulate(row, 0, None, row)
+            accumulate(row, 0, None, sums)
             total = view[-1]
             if not 0.0 < total < inf:
                 copyto(z, logits)
-                divide(z, temperature, z)
+                divide(z, divisor, z)
                 np.subtract(z, z.max(), z)
                 exp(z, z)
-                accumulate(row, 0, None, row)
+                accumulate(row, 0, None, sums)
                 total = view[-1]
-            # bisect_left = how many running sums are < u * total, as searchsorted counts.
-            return min(bisect_left(view, u * total), last)
+            # bisect_left = how many running sums are < u * total, as searchsorted counts;
+            # at most the last index, as u < 1 (NaN logits give 0).
+            return bisect_left(view, u * total)
 
-        return draw
+        return draw_float64
 
     def _draw_one_filtered(self, logits: np.ndarray) -> int:
         """Top-k / top-p at batch 1: the reference arithmetic (rarely the bottleneck)."""
