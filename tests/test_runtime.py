@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from toolkit.errors import ModelFileError, UsageError
 from toolkit.runtime import load
+from toolkit.runtime.backends import ArrayStepper, OnnxBoundStepper, make_stepper
 
 RUNTIMES = ("onnx", "tflite", "numpy")
 
@@ -106,13 +108,25 @@ def test_quantized_variants_load_and_generate(tiny_export: Path) -> None:
 def test_batched_samples_are_one_batch(tiny_export: Path) -> None:
     gen = load(tiny_export, runtime="onnx")
     calls = []
-    step = gen.backend.step
+    step, own_stepper = gen.backend.step, gen.backend.stepper  # type: ignore[attr-defined]
 
     def counting_step(token, h, c):
         calls.append(token.shape[0])
         return step(token, h, c)
 
+    def counting_stepper(logits, h, c):  # sampling steps through the ONNX bound stepper
+        stepper = own_stepper(logits, h, c)
+        advance = stepper.advance
+
+        def counted(token):
+            calls.append(token.shape[0])
+            return advance(token)
+
+        stepper.advance = counted
+        return stepper
+
     gen.backend.step = counting_step  # type: ignore[method-assign]
+    gen.backend.stepper = counting_stepper  # type: ignore[attr-defined]
     result = gen.generate("AB", length=25, temperature=1.0, seed=3, num_samples=4)
     assert len(result.texts) == 4 and all(len(t) == 25 for t in result.texts)
     assert set(calls) == {4}  # every step carried all four samples
@@ -120,6 +134,31 @@ def test_batched_samples_are_one_batch(tiny_export: Path) -> None:
     # already includes it when a session continues).
     assert len(calls) == 2 + 25
     assert len(set(result.texts)) > 1  # independent samples
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_onnx_bound_stepper_is_the_step_in_a_loop(tiny_export: Path, variant: str) -> None:
+    """The stepper that keeps the state in bound buffers gives the step's exact numbers."""
+    gen = load(tiny_export, runtime="onnx", variant=variant)
+    backend = gen.backend
+    tokens = np.random.default_rng(0).integers(0, len(gen.chars), (40, 3)).astype(np.int32)
+    shape = (gen.layers, 3, gen.units)
+    h = np.random.default_rng(1).standard_normal(shape).astype(np.float32) * 0.5
+    logits, h, c = backend.step(tokens[0], h, h * 2)
+    bound = make_stepper(backend, logits, h, c)
+    assert isinstance(bound, OnnxBoundStepper)
+    plain = ArrayStepper(backend, h, c)
+    for token in tokens[1:]:
+        np.testing.assert_array_equal(bound.advance(token), plain.advance(token))
+    for got, expected in zip(bound.state(), plain.state(), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    # Batch 1, the token as an int (Session._sample_one).
+    row = (slice(None), slice(0, 1))
+    bound = make_stepper(backend, logits[:1], h[row], c[row])
+    plain = ArrayStepper(backend, h[row], c[row])
+    for token in tokens[:, 0].tolist():
+        np.testing.assert_array_equal(bound.advance_one(token), plain.advance_one(token))
+    np.testing.assert_array_equal(bound.state()[1], plain.state()[1])
 
 
 def test_session_keeps_state(tiny_export: Path) -> None:

@@ -339,9 +339,9 @@ def time_to_first_char(factory: StepFactory, runtime: str, prompt: str) -> float
 # End-to-end generation is measured as `toolkit generate` runs: sampling at temperature 0.8,
 # a stop string set (one that does not occur, so every row runs to the end) and streaming on.
 GENERATION_SETTINGS: dict[str, Any] = {"temperature": 0.8, "stop": "THE END", "prompt": "ROMEO:"}
-# Characters per row per round, by batch: enough that the prompt's six steps and the set-up
-# (under 1% at these lengths) do not count against the loop.
-GENERATION_STEPS = {1: 2000, 32: 600}
+# Characters per row per round, by batch: enough that the prompt's six steps do not count
+# against the loop (0.3% and 0.6% of the steps at these lengths; 600 at batch 32 made it 1%).
+GENERATION_STEPS = {1: 2000, 32: 1000}
 
 
 def measure_generation(
@@ -355,11 +355,12 @@ def measure_generation(
     """End-to-end `generate` chars/s beside the step-only chars/s of the same backend.
 
     Both are timed in the same interleaved rounds (order shuffled each round): a block of bare
-    `backend.step` calls, and a `Generator.generate` of the same number of steps with the
-    settings above. The ratio generate/step says what sampling and bookkeeping cost; it is
+    steps made as `generate` makes them (`make_stepper`), and a `Generator.generate` of the
+    same number of steps with the settings above. The ratio generate/step says what sampling and bookkeeping cost; it is
     the median of each round's own ratio (the two blocks run back to back), which this
     machine's drifting speed disturbs less than a ratio of two medians.
     """
+    from toolkit.runtime.backends import make_stepper
     from toolkit.runtime.generator import load
 
     rng = np.random.default_rng(1)
@@ -385,12 +386,22 @@ def measure_generation(
             h = np.zeros((gen.layers, batch, gen.units), np.float32)
             for mode in rng.permutation(["step", "generate"]):
                 if mode == "step":
-                    # The bare loop: each step's state feeds the next (a zero state every
-                    # time would flatter int8 models, whose step cost depends on the values).
-                    step, hh, cc = gen.backend.step, h, h
-                    t0 = time.perf_counter()
-                    for _ in range(steps):
-                        _, hh, cc = step(token, hh, cc)
+                    # The bare loop, stepping as `generate` does (the backend's own stepper:
+                    # ONNX keeps the state in bound buffers). Each step's state feeds the next:
+                    # a zero state every time would flatter int8 models, whose step cost
+                    # depends on the values.
+                    logits, hh, cc = gen.backend.step(token, h, h)
+                    stepper = make_stepper(gen.backend, logits, hh, cc)
+                    if batch == 1:  # as Session._sample_one: the token as a Python int
+                        advance_one, first = stepper.advance_one, int(token[0])
+                        t0 = time.perf_counter()
+                        for _ in range(steps):
+                            advance_one(first)
+                    else:
+                        advance = stepper.advance
+                        t0 = time.perf_counter()
+                        for _ in range(steps):
+                            advance(token)
                     seconds = time.perf_counter() - t0
                     chars = steps * batch
                 else:
@@ -693,10 +704,11 @@ def markdown_report(report: dict[str, Any]) -> str:
             "",
             f"`Generator.generate` (prompt {gs.get('prompt')!r}, temperature "
             f"{gs.get('temperature')}, stop string {gs.get('stop')!r} set, streaming on) beside "
-            "bare `backend.step` calls of the same backend, timed in the same interleaved rounds; "
-            "medians over the rounds. The ratio (the median of each round's generate/step, "
-            "the two timed back to back) is what sampling and bookkeeping leave of the "
-            "step's speed.",
+            "the same backend's bare steps, made as `generate` makes them (ONNX: state kept in "
+            "bound buffers, so faster than the per-call latencies above), timed in the same "
+            "interleaved rounds; medians over the rounds. The ratio (the median of each round's "
+            "generate/step, the two timed back to back) is what sampling and bookkeeping leave "
+            "of the step's speed.",
             "",
             "| runtime | batch | threads | step alone chars/s | generate chars/s | ratio |",
             "|---|---:|---:|---:|---:|---:|",

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ModelFileError, UsageError
-from toolkit.runtime.backends import StepBackend, first_line, load_backend
+from toolkit.runtime.backends import (
+    ArrayStepper,
+    StepBackend,
+    Stepper,
+    first_line,
+    load_backend,
+    make_stepper,
+)
 from toolkit.runtime.manifest import VARIANTS, read_manifest, resolve_variant
 from toolkit.runtime.sampling import Sampler, check_sampling_args, overflow_detected
 
@@ -24,6 +31,8 @@ RUNTIMES = ("onnx", "tflite", "tflm", "numpy", "keras")
 DEFAULT_MODEL_NAME = "shakespeare"
 # Fed when the prompt is empty: text starts after a line break, so the model begins a line.
 START_CANDIDATES = ("\n", " ")
+# `sample` runs of at least this many characters use the backend's own stepper.
+OWN_STEPPER_FROM = 16
 
 
 @dataclass
@@ -70,6 +79,14 @@ class Session:
     def _step(self, tokens: np.ndarray) -> None:
         self.logits, self.h, self.c = self.generator.backend.step(tokens, self.h, self.c)
 
+    def _stepper(self, length: int) -> Stepper:
+        """How `sample` steps: the backend's own stepper (ONNX keeps the state in bound
+        buffers, set up in about one step's time) for all but the shortest runs."""
+        assert self.logits is not None
+        if length < OWN_STEPPER_FROM:
+            return ArrayStepper(self.generator.backend, self.h, self.c)
+        return make_stepper(self.generator.backend, self.logits, self.h, self.c)
+
     def feed(self, text: str, unknown: str = "error") -> None:
         """Run text through the model (same text for every row), updating the state."""
         ids = self.generator.encode(text, unknown)
@@ -106,10 +123,12 @@ class Session:
         stream = _Stream(self.generator, on_text, self.batch) if on_text is not None else None
         self.first_char_at = None
         n = 0
-        step, perf_counter = self.generator.backend.step, time.perf_counter
+        perf_counter = time.perf_counter
         draw = sampler.rows_drawer(len(self.generator.chars))
-        logits, h, c = self.logits, self.h, self.c
+        logits = self.logits
         assert logits is not None
+        stepper = self._stepper(length)
+        advance = stepper.advance
         next_flush = -math.inf
         try:
             with overflow_detected():  # see Sampler.rows_drawer
@@ -128,10 +147,11 @@ class Session:
                             stream.flush_safe(tokens, n, ends, done, matcher)
                     elif i == 0:
                         self.first_char_at = perf_counter()
-                    logits, h, c = step(token, h, c)
+                    logits = advance(token)
         finally:
             sampler.close()
-            self.logits, self.h, self.c = logits, h, c
+            self.logits = logits
+            self.h, self.c = stepper.state()
         ends = np.minimum(ends, n)
         if stream is not None:
             stream.flush(tokens, ends)
@@ -152,11 +172,11 @@ class Session:
         clock) stays in plain Python; the tokens and text are the same as `sample`'s (tested).
         """
         assert self.logits is not None
-        step, perf_counter = self.generator.backend.step, time.perf_counter
+        perf_counter = time.perf_counter
         draw = sampler.row_drawer(len(self.generator.chars))
-        logits, h, c = self.logits, self.h, self.c
-        # One ready input array per token: cheaper than writing the token into an array.
-        token_in = [np.array([token], dtype=np.int32) for token in range(len(self.generator.chars))]
+        logits = self.logits
+        stepper = self._stepper(length)
+        advance = stepper.advance_one
         out: list[int] = []
         matcher = StopMatcher(stop, self.generator.chars, 1) if stop else None
         table, stop_len, held = (matcher.rows, matcher.length, 0) if matcher else (None, 0, 0)
@@ -183,10 +203,11 @@ class Session:
                                 sent = len(out) - held
                     elif i == 0:
                         self.first_char_at = perf_counter()
-                    logits, h, c = step(token_in[token], h, c)
+                    logits = advance(token)
         finally:
             sampler.close()
-            self.logits, self.h, self.c = logits, h, c
+            self.logits = logits
+            self.h, self.c = stepper.state()
         if stream is not None:
             if len(out) > sent:
                 stream.send(0, out[sent:])

@@ -158,7 +158,7 @@ class Sampler:
         self._row_vocab = 0
         self.float64_draws = 0  # rows drawn in float64 (see the class docstring)
         self._margin = 0.0  # batch > 1: set by rows_drawer, used by _set_bounds
-        self._bounds = (np.empty((0, batch), np.float32), np.empty((0, batch), np.float32))
+        self._bounds = np.empty((0, 2, batch, 1), np.float32)
 
     def _draw_block(self) -> None:
         self._state_before_block = self.rng.bit_generator.state
@@ -171,11 +171,10 @@ class Sampler:
         self._used = 0
 
     def _set_bounds(self) -> None:
-        """rows_drawer's float32 acceptance bounds for the block: u -/+ the margin."""
-        self._bounds = (
-            (self._uniforms - self._margin).astype(np.float32),
-            (self._uniforms + self._margin).astype(np.float32),
-        )
+        """rows_drawer's float32 acceptance bounds for the block, [block, 2, batch, 1]:
+        u - margin and u + margin."""
+        u = self._uniforms[:, None, :, None]
+        self._bounds = np.concatenate([u - self._margin, u + self._margin], 1).astype(np.float32)
 
     def _next_uniforms(self) -> np.ndarray:
         if self._used == len(self._uniforms):
@@ -221,9 +220,9 @@ class Sampler:
         shape = (self.batch, vocab_size)
         z32, sums32 = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         triangle = np.triu(np.ones((vocab_size, vocab_size), np.float32))  # [i, j]: i <= j
-        low, high = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
-        x_low, x_high = np.zeros((self.batch, 1), np.float32), np.zeros((self.batch, 1), np.float32)
-        total32 = sums32[:, -1]
+        both, x_both = np.zeros((2, *shape), dtype=bool), np.zeros((2, self.batch, 1), np.float32)
+        low, high = both
+        total32, total_column = sums32[:, -1], sums32[:, -1:]
         scale = np.array(1.0 / self.temperature, np.float32)  # 0-d: see row_drawer
         z, sums = np.zeros(shape), np.zeros(shape)
         below, threshold = np.zeros(shape, dtype=bool), np.zeros((self.batch, 1))
@@ -262,24 +261,26 @@ class Sampler:
             return draw_float64_only
 
         def draw(logits: np.ndarray, out: np.ndarray) -> np.ndarray:
-            u = self._next_uniforms()
-            row = self._used - 1
+            row = self._used  # _next_uniforms inlined: the uniforms are needed only to redo
+            if row == len(self._uniforms):
+                self._draw_block()
+                row = 0
+            self._used = row + 1
             multiply(logits, scale, z32)
             exp(z32, z32)
             dot(z32, triangle, sums32)
             if smallest(total32) > tiny and largest(total32) < inf:
-                multiply(total32, self._bounds[0][row], x_low[:, 0])
-                multiply(total32, self._bounds[1][row], x_high[:, 0])
-                less(sums32, x_low, low)
-                less(sums32, x_high, high)
+                multiply(total_column, self._bounds[row], x_both)  # [2, batch, 1]
+                less(sums32, x_both, both)  # [2, batch, vocab]: below low, below high
                 count(high, 1, np.int32, out)  # type: ignore[call-overload]
                 # low implies high, so equal counts mean no sum between the bounds; else
                 # the rows where they differ (usually one) are redone in float64.
                 if nonzero(low) != nonzero(high):
+                    u = self._uniforms[row]
                     for bad in np.flatnonzero(count(low, 1, np.int32) != out):
                         out[bad] = row_float64(logits[bad : bad + 1], float(u[bad]))
                 return out
-            return draw_float64(logits, u, out)
+            return draw_float64(logits, self._uniforms[row], out)
 
         return draw
 
