@@ -342,6 +342,10 @@ GENERATION_SETTINGS: dict[str, Any] = {"temperature": 0.8, "stop": "THE END", "p
 # Characters per row per round, by batch: enough that the prompt's six steps do not count
 # against the loop (0.3% and 0.6% of the steps at these lengths; 600 at batch 32 made it 1%).
 GENERATION_STEPS = {1: 2000, 32: 1000}
+# Pairs of a step block and a generate block (in random order, back to back) per
+# configuration per round, each giving one ratio. Three: the median of 30 ratios over 10
+# rounds (with one pair, repeated runs of the bench moved by +-0.03).
+GENERATION_PAIRS = 3
 
 
 def measure_generation(
@@ -356,11 +360,13 @@ def measure_generation(
 
     Both are timed in the same interleaved rounds (order shuffled each round): a block of bare
     steps made as `generate` makes them (`make_stepper`), and a `Generator.generate` of the
-    same number of steps with the settings above. The ratio generate/step says what sampling and bookkeeping cost; it is
-    the median of each round's own ratio (the two blocks run back to back), which this
+    same number of steps with the settings above, GENERATION_PAIRS times, after a tenth as
+    many untimed steps. The ratio generate/step says what sampling and bookkeeping cost; it is
+    the median of each pair's own ratio (the two blocks run back to back), which this
     machine's drifting speed disturbs less than a ratio of two medians.
     """
-    from toolkit.runtime.backends import make_stepper
+    from threadpoolctl import threadpool_limits
+
     from toolkit.runtime.generator import load
 
     rng = np.random.default_rng(1)
@@ -378,46 +384,37 @@ def measure_generation(
             jobs[(runtime, batch)] = {"gen": gen, "steps": steps, "step": [], "generate": []}
     log(f"measuring end-to-end generation: {len(jobs)} configurations, {rounds} rounds")
     sink: list[str] = []
-    for round_index in range(rounds + 1):  # round 0 is the warm-up
-        for key in [list(jobs)[i] for i in rng.permutation(len(jobs))]:
-            job, (runtime, batch) = jobs[key], key
-            gen, steps = job["gen"], job["steps"]
-            token = np.arange(batch, dtype=np.int32) % len(gen.chars)
-            h = np.zeros((gen.layers, batch, gen.units), np.float32)
-            for mode in rng.permutation(["step", "generate"]):
-                if mode == "step":
-                    # The bare loop, stepping as `generate` does (the backend's own stepper:
-                    # ONNX keeps the state in bound buffers). Each step's state feeds the next:
-                    # a zero state every time would flatter int8 models, whose step cost
-                    # depends on the values.
-                    logits, hh, cc = gen.backend.step(token, h, h)
-                    stepper = make_stepper(gen.backend, logits, hh, cc)
-                    if batch == 1:  # as Session._sample_one: the token as a Python int
-                        advance_one, first = stepper.advance_one, int(token[0])
-                        t0 = time.perf_counter()
-                        for _ in range(steps):
-                            advance_one(first)
-                    else:
-                        advance = stepper.advance
-                        t0 = time.perf_counter()
-                        for _ in range(steps):
-                            advance(token)
-                    seconds = time.perf_counter() - t0
-                    chars = steps * batch
-                else:
-                    sink.clear()
-                    result = gen.generate(
-                        GENERATION_SETTINGS["prompt"],
-                        length=steps,
-                        temperature=GENERATION_SETTINGS["temperature"],
-                        stop=GENERATION_SETTINGS["stop"],
-                        seed=round_index,
-                        num_samples=batch,
-                        on_text=lambda _row, text: sink.append(text),
-                    )
-                    seconds, chars = result.elapsed_s, result.chars_generated
-                if round_index > 0:
-                    job[str(mode)].append(chars / seconds)
+    # numpy's BLAS pool at the measured thread count, as for the latencies: left at its
+    # default, the numpy backend's threads kept the other core busy for the next runtime.
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for round_index in range(rounds + 1):  # round 0 is the warm-up
+            for key in [list(jobs)[i] for i in rng.permutation(len(jobs))]:
+                job, (runtime, batch) = jobs[key], key
+                gen, steps = job["gen"], job["steps"]
+                # A tenth of the steps, untimed: whichever of the pair runs first would
+                # otherwise pay for the caches the previous runtime left.
+                _bare_steps(gen, batch, max(1, steps // 10))
+                for _ in range(GENERATION_PAIRS):
+                    timed = {}
+                    for mode in rng.permutation(["step", "generate"]):
+                        if mode == "step":
+                            seconds, chars = _bare_steps(gen, batch, steps), steps * batch
+                        else:
+                            sink.clear()
+                            result = gen.generate(
+                                GENERATION_SETTINGS["prompt"],
+                                length=steps,
+                                temperature=GENERATION_SETTINGS["temperature"],
+                                stop=GENERATION_SETTINGS["stop"],
+                                seed=round_index,
+                                num_samples=batch,
+                                on_text=lambda _row, text: sink.append(text),
+                            )
+                            seconds, chars = result.elapsed_s, result.chars_generated
+                        timed[str(mode)] = chars / seconds
+                    if round_index > 0:
+                        for mode, chars_per_sec in timed.items():
+                            job[mode].append(chars_per_sec)
     rows = []
     for (runtime, batch), job in jobs.items():
         step_cps = statistics.median(job["step"])
@@ -432,10 +429,33 @@ def measure_generation(
                 "step_chars_per_sec": step_cps,
                 "generate_chars_per_sec": generate_cps,
                 "ratio": statistics.median(paired),
-                "round_ratios": [round(r, 4) for r in paired],
+                "pair_ratios": [round(r, 4) for r in paired],
             }
         )
     return rows
+
+
+def _bare_steps(gen: Any, batch: int, steps: int) -> float:
+    """Seconds for `steps` bare steps made as `generate` makes them (the backend's own
+    stepper: ONNX keeps the state in bound buffers). Each step's state feeds the next: a zero
+    state every time would flatter int8 models, whose step cost depends on the values."""
+    from toolkit.runtime.backends import make_stepper
+
+    token = np.arange(batch, dtype=np.int32) % len(gen.chars)
+    h = np.zeros((gen.layers, batch, gen.units), np.float32)
+    logits, h, c = gen.backend.step(token, h, h)
+    stepper = make_stepper(gen.backend, logits, h, c)
+    if batch == 1:  # as Session._sample_one: the token as a Python int
+        advance_one, first = stepper.advance_one, int(token[0])
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            advance_one(first)
+        return time.perf_counter() - t0
+    advance = stepper.advance
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        advance(token)
+    return time.perf_counter() - t0
 
 
 def run_bench(
@@ -572,6 +592,7 @@ def run_bench(
             **GENERATION_SETTINGS,
             "streaming": True,
             "steps_per_round": {str(k): v for k, v in GENERATION_STEPS.items()},
+            "pairs_per_round": GENERATION_PAIRS,
         },
         "runtimes": per_runtime,
         "targets": _targets(latency, per_runtime, generation),
@@ -706,9 +727,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"{gs.get('temperature')}, stop string {gs.get('stop')!r} set, streaming on) beside "
             "the same backend's bare steps, made as `generate` makes them (ONNX: state kept in "
             "bound buffers, so faster than the per-call latencies above), timed in the same "
-            "interleaved rounds; medians over the rounds. The ratio (the median of each round's "
-            "generate/step, the two timed back to back) is what sampling and bookkeeping leave "
-            "of the step's speed.",
+            f"interleaved rounds, {gs.get('pairs_per_round', 1)} pairs of blocks per round; "
+            "medians. The ratio (the median of each pair's generate/step, the two timed back to "
+            "back) is what sampling and bookkeeping leave of the step's speed.",
             "",
             "| runtime | batch | threads | step alone chars/s | generate chars/s | ratio |",
             "|---|---:|---:|---:|---:|---:|",
