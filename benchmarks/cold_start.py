@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.cold_start import common_line_starts, corpus_words, measure
-from toolkit.data import Vocabulary, atomic_write_text, load_corpus, split_corpus
+from toolkit.data import atomic_write_text, load_corpus, split_corpus
 from toolkit.runtime import load
+from toolkit.vocabulary import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 

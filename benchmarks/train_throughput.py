@@ -27,8 +27,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from toolkit.batches import epoch_batches
 from toolkit.bench import machine_info
 from toolkit.config import PRESETS
-from toolkit.data import Vocabulary, atomic_write_text, bundled_corpus_text, split_corpus
+from toolkit.data import atomic_write_text, bundled_corpus_text, split_corpus
 from toolkit.trainer import Trainer, zero_state
+from toolkit.vocabulary import Vocabulary
 
 
 def measure(name: str, precisions: list[str], steps: int, warmup: int) -> list[dict]:

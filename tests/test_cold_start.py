@@ -13,8 +13,9 @@ from toolkit.cold_start import (
     line_start_windows,
     measure,
 )
-from toolkit.data import Vocabulary, split_corpus
+from toolkit.data import split_corpus
 from toolkit.runtime import load
+from toolkit.vocabulary import Vocabulary
 
 MODEL = Path(__file__).resolve().parents[1] / "exported" / "shakespeare"
 

@@ -15,7 +15,6 @@ from conftest import SHARED_CORPUS
 
 from toolkit.data import (
     SHAKESPEARE_SHA256,
-    Vocabulary,
     atomic_write_text,
     bundled_corpus_text,
     download_corpus,
@@ -23,6 +22,7 @@ from toolkit.data import (
     split_corpus,
 )
 from toolkit.errors import DataError, DownloadError, StorageError
+from toolkit.vocabulary import Vocabulary
 
 
 def test_bundled_corpus_is_tiny_shakespeare() -> None:
@@ -80,6 +80,17 @@ def test_vocabulary_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     a.save(tmp_path / "vocab.json")
     assert Vocabulary.load(tmp_path / "vocab.json") == a
     assert a.unknown("zq!") == ["!", "q"]
+
+
+@pytest.mark.parametrize("text", ["zebra ÄÖ apple\n", "Ωmega ∑ and ascii\n"])
+def test_vocabulary_decodes_arrays_and_lists_alike(text: str) -> None:
+    """Latin-1 vocabularies decode by bytes.translate, others through the string table."""
+    vocab = Vocabulary.from_text(text)
+    assert (vocab._bytes is None) == any(ord(ch) > 255 for ch in text)
+    ids = vocab.encode(text)
+    strided = np.stack([ids, ids[::-1]], axis=1)[:, 0]  # a non-contiguous view
+    assert vocab.decode(ids) == vocab.decode(ids.tolist()) == vocab.decode(strided) == text
+    assert vocab.decode([]) == ""
 
 
 def test_split_holds_out_contiguous_tail() -> None:

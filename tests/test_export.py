@@ -91,9 +91,9 @@ def test_tflite_signature_and_builtin_ops(tiny_export: Path) -> None:
 
 def test_independent_check_on_unseen_text(tiny_export: Path, tiny_run: Path) -> None:
     """Step ONNX and TFLite over text validation never used; compare with Keras directly."""
-    from toolkit.data import Vocabulary
     from toolkit.export import load_keras_run
     from toolkit.runtime.backends import OnnxBackend, TFLiteBackend
+    from toolkit.vocabulary import Vocabulary
 
     vocab = Vocabulary.load(tiny_run / "vocab.json")
     text = (

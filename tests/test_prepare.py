@@ -14,9 +14,10 @@ import pytest
 
 from toolkit.batches import EpochWindows, epoch_batches, open_training_data
 from toolkit.config import preset
-from toolkit.data import Vocabulary, load_corpus, split_corpus
+from toolkit.data import load_corpus, split_corpus
 from toolkit.errors import DataError, UsageError
 from toolkit.prepare import id_dtype, open_prepared, prepare
+from toolkit.vocabulary import Vocabulary
 
 
 def quiet(_: str) -> None:

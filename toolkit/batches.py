@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.config import TrainConfig
-from toolkit.data import Vocabulary, default_cache_dir, load_corpus, split_corpus
+from toolkit.data import default_cache_dir, load_corpus, split_corpus
 from toolkit.errors import DataError
+from toolkit.vocabulary import Vocabulary
 
 # Corpus statistics (cold-start prompts, known words) read at most this much text.
 SAMPLE_CHARS = 4_000_000

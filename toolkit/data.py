@@ -5,16 +5,13 @@ No TensorFlow here: the tf.data pipeline lives in train.py.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import http.client
-import json
 import os
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -64,46 +61,6 @@ def load_corpus(path: Path | str | None = None) -> str:
     if not text.strip():
         raise DataError(f"corpus contains only whitespace: {path}")
     return text
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """Characters in a deterministic order (by code point); a character's id is its index."""
-
-    chars: tuple[str, ...]
-
-    @classmethod
-    def from_text(cls, text: str) -> Vocabulary:
-        return cls(tuple(sorted(set(text))))
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    @functools.cached_property
-    def index(self) -> dict[str, int]:
-        return {ch: i for i, ch in enumerate(self.chars)}
-
-    def encode(self, text: str) -> np.ndarray:
-        index = self.index
-        return np.fromiter((index[ch] for ch in text), dtype=np.int32, count=len(text))
-
-    @functools.cached_property
-    def _table(self) -> np.ndarray:
-        return np.array(self.chars)
-
-    def decode(self, ids: np.ndarray | list[int]) -> str:
-        return "".join(self._table[np.asarray(ids, dtype=np.int64)].tolist())
-
-    def unknown(self, text: str) -> list[str]:
-        known = set(self.chars)
-        return sorted({ch for ch in text if ch not in known})
-
-    def save(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(list(self.chars), ensure_ascii=False, indent=0))
-
-    @classmethod
-    def load(cls, path: Path) -> Vocabulary:
-        return cls(tuple(json.loads(path.read_text(encoding="utf-8"))))
 
 
 def split_corpus(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ import numpy as np
 from toolkit import __version__
 from toolkit.batches import open_training_data
 from toolkit.config import ModelConfig
-from toolkit.data import Vocabulary, atomic_write_text, load_corpus
+from toolkit.data import atomic_write_text, load_corpus
 from toolkit.errors import ExportError, UsageError, storage_error
 from toolkit.export_micro import (
     CALIBRATION_CHARS,
@@ -65,6 +65,7 @@ from toolkit.runtime.manifest import (
     artifact_name,
     sha256_bytes,
 )
+from toolkit.vocabulary import Vocabulary
 
 FORMATS = ("tflite", "onnx", "numpy")
 COMPANION_FILES = {"model.full-int8.tflite": ("model_data.cc", "model_data.h")}

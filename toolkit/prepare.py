@@ -35,8 +35,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from toolkit.data import Vocabulary, bundled_corpus_text, storage_error
+from toolkit.data import bundled_corpus_text, storage_error
 from toolkit.errors import DataError, UsageError
+from toolkit.vocabulary import Vocabulary
 
 FORMAT_VERSION = 1
 CHUNK_BYTES = 4 << 20

@@ -30,7 +30,7 @@ from toolkit.batches import EpochWindows, epoch_batches, open_training_data
 from toolkit.cold_start import common_line_starts, corpus_words
 from toolkit.config import TrainConfig
 from toolkit.curves import CURVE_PNG, TENSORBOARD_DIR, TensorBoardLog, write_curve
-from toolkit.data import Vocabulary, atomic_write_text
+from toolkit.data import atomic_write_text
 from toolkit.distributed import Cluster, is_collective_failure
 from toolkit.errors import DataError, RunDirError, storage_error
 from toolkit.run_dir import (
@@ -49,6 +49,7 @@ from toolkit.trainer import (
     learning_rate_at,
     zero_state,
 )
+from toolkit.vocabulary import Vocabulary
 
 __all__ = [  # also importable from here, where they lived before the split
     "TrainResult",

@@ -20,7 +20,7 @@ from toolkit import __version__
 from toolkit.cold_start import ColdStart
 from toolkit.cold_start import measure as measure_cold_start
 from toolkit.config import TrainConfig
-from toolkit.data import Vocabulary
+from toolkit.vocabulary import Vocabulary
 
 LN2 = math.log(2.0)
 

@@ -26,6 +26,7 @@ from toolkit.runtime.backends import (
 )
 from toolkit.runtime.manifest import VARIANTS, read_manifest, resolve_variant
 from toolkit.runtime.sampling import Sampler, check_sampling_args, overflow_detected
+from toolkit.vocabulary import Vocabulary
 
 RUNTIMES = ("onnx", "tflite", "tflm", "numpy", "keras")
 DEFAULT_MODEL_NAME = "shakespeare"
@@ -285,8 +286,8 @@ class StopMatcher:
                 table[state, index[stop[state]]] = state + 1
         self.table = table
         self.rows = table.tolist()  # Session._sample_one: plain Python indexing, ~10x cheaper
-        # Arrays of rows (`advance`): the state kept as a row offset into the flattened table, whose entries
-        # are offsets too, so one step is an add and a take (no 2-D fancy indexing).
+        # Arrays of rows (`advance`): the state kept as a row offset into the flattened table,
+        # whose entries are offsets too, so one step is an add and a take (no fancy indexing).
         self._vocab = len(chars)
         self._flat = (table * self._vocab).ravel()
         self._offset = np.zeros(batch, dtype=np.int32)
@@ -324,13 +325,8 @@ class Generator:
     ) -> None:
         self.backend = backend
         self.chars = list(vocab)
-        self.index = {ch: i for i, ch in enumerate(self.chars)}
-        self.char_array = np.array(self.chars)
-        # Latin-1 vocabularies (Shakespeare's is ASCII) decode with one bytes.translate, ~10x
-        # cheaper than joining an array of strings: it runs on every streamed chunk.
-        self._byte_table: bytes | None = None
-        if all(ord(ch) < 256 for ch in self.chars) and len(self.chars) <= 256:
-            self._byte_table = bytes(ord(ch) for ch in self.chars).ljust(256, b"\0")
+        self.vocab = Vocabulary(tuple(vocab))  # the manifest's order: ids are its indices
+        self.index = self.vocab.index
         self.layers = layers
         self.units = units
         self.runtime = runtime
@@ -350,10 +346,7 @@ class Generator:
         return [self.index[ch] for ch in text if ch in self.index]
 
     def decode(self, ids: np.ndarray | list[int]) -> str:
-        if self._byte_table is not None:
-            codes = bytes(ids) if isinstance(ids, list) else np.asarray(ids, np.uint8).tobytes()
-            return codes.translate(self._byte_table).decode("latin-1")
-        return "".join(self.char_array[np.asarray(ids, dtype=np.intp)].tolist())
+        return self.vocab.decode(ids)
 
     def session(self, batch: int = 1) -> Session:
         if batch < 1:

@@ -159,7 +159,7 @@ class Sampler:
         self._row_draw: Callable[[np.ndarray], int] | None = None  # batch 1, see row_drawer
         self._row_vocab = 0
         self.float64_draws = 0  # rows drawn in float64 (see the class docstring)
-        self._margin = 0.0  # batch > 1: set by rows_drawer, used by _set_bounds
+        self._margin = 0.0  # batch > 1: set when rows_drawer's float32 path is used
         self._bounds = np.empty((0, 2, batch, 1), np.float32)
 
     def _draw_block(self) -> None:
@@ -168,7 +168,7 @@ class Sampler:
         self._uniforms = self.rng.random((self._block, self.batch))
         if self.batch == 1:
             self._uniform_list = self._uniforms[:, 0].tolist()
-        else:
+        elif self._margin:  # rows_drawer's float32 path is in use
             self._set_bounds()
         self._used = 0
 
@@ -231,8 +231,6 @@ class Sampler:
         total = sums[:, -1]
         divisor = np.array(self.temperature)
         row_float64 = self._float64_row_drawer(vocab_size)
-        self._margin = float32_margin(vocab_size)
-        self._set_bounds()  # for the block in use, if any; _draw_block sets the next ones
         copyto, divide, exp, accumulate = np.copyto, np.divide, np.exp, np.add.accumulate
         multiply, less, nonzero, dot = np.multiply, np.less, np.count_nonzero, np.dot
         smallest, largest, count = np.minimum.reduce, np.maximum.reduce, np.add.reduce
@@ -261,6 +259,8 @@ class Sampler:
 
         if self.batch * vocab_size * vocab_size > SMALL_MATRIX_PRODUCT:
             return draw_float64_only
+        self._margin = float32_margin(vocab_size)
+        self._set_bounds()  # for the block in use, if any; _draw_block sets the next ones
 
         def draw(logits: np.ndarray, out: np.ndarray) -> np.ndarray:
             row = self._used  # _next_uniforms inlined: the uniforms are needed only to redo
@@ -308,10 +308,11 @@ class Sampler:
         Plain temperature sampling is two float32 numpy calls (exp(logits / T) as one
         `power`, and the running sums) and a `bisect` over a memoryview of the sums (Python
         floats, no numpy call), then a check that the two sums around `u * total` are farther
-        from it than the margin; if not, four float64 calls. Call it under `overflow_detected()`: at very low
-        temperatures exp overflows, which is detected and redone. After a step every numpy
-        call costs 0.3-1.5 us (cold caches) against ~25 us for the step of a small int8
-        model, so the buffers and functions are bound once, here, not looked up per character.
+        from it than the margin; if not, four float64 calls. Call it under
+        `overflow_detected()`: at very low temperatures exp overflows, which is detected and
+        redone. After a step every numpy call costs 0.3-1.5 us (cold caches) against ~25 us
+        for the step of a small int8 model, so the buffers and functions are bound once,
+        here, not looked up per character.
         """
         if self.greedy:
             return lambda logits: int(logits.argmax())
