@@ -131,6 +131,18 @@ def test_existing_target_needs_force_and_adding_formats(tiny_run: Path, tmp_path
     assert (out / "model.onnx").read_bytes() == before
     export_run(tiny_run, out, formats=["onnx"], force=True, validate=False, log=lambda _: None)
     assert sorted(read_manifest(out)["artifacts"]) == ["model.onnx", "weights.npz"]
+    assert read_manifest(out)["source"]["commands"] == ["toolkit export a", "toolkit export b"]
+    # Replacing every file leaves only the command that made them.
+    export_run(
+        tiny_run,
+        out,
+        formats=["numpy", "onnx"],
+        force=True,
+        validate=False,
+        log=lambda _: None,
+        command="toolkit export c",
+    )
+    assert read_manifest(out)["source"]["commands"] == ["toolkit export c"]
 
 
 def test_export_of_retrained_weights_replaces_the_whole_folder(

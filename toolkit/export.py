@@ -858,7 +858,13 @@ def _build_manifest(
         "artifacts": dict(sorted(entries.items())),
         "source": {
             **info,
-            "commands": list(previous.get("source", {}).get("commands", [])),
+            # The commands that made the files still here: once every earlier artifact is
+            # replaced (a forced re-export of everything), none of the earlier ones did.
+            "commands": (
+                list(previous.get("source", {}).get("commands", []))
+                if set(previous.get("artifacts", {})) - {art.file for art in artifacts}
+                else []
+            ),
         },
         "versions": _library_versions(),
     }
