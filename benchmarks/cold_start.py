@@ -4,7 +4,9 @@
 
 Each NAME=PATH is an exported folder (measured now, with onnxruntime) or a run directory
 (its last validation, which measured the same figures during training: toolkit/cold_start.py).
-Writes benchmarks/reports/cold_start.{json,md}.
+Writes benchmarks/reports/cold_start.{json,md}. With --update, the report's other rows are kept
+as measured before (their folders may be gone) and the named ones replaced or added; each row
+says when it was measured, and the report lists every command that made it.
 """
 
 from __future__ import annotations
@@ -63,25 +65,40 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="NAME=PATH (exported folder or run directory)")
     parser.add_argument("--note", default="", help="a paragraph for the report")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/reports/cold_start")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the report's other rows; replace or add these"
+    )
     args = parser.parse_args()
+    command = "python benchmarks/cold_start.py " + " ".join(sys.argv[1:])
+    date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    rows, runs, note = [], [], args.note
+    if args.update:
+        if not args.out.with_suffix(".json").exists():
+            raise SystemExit(f"error: --update needs a report to update: {args.out}.json")
+        previous = json.loads(args.out.with_suffix(".json").read_text())
+        rows = previous["rows"]
+        runs = previous.get("runs") or [
+            {"command": previous["command"].split(" --note")[0], "date": previous["date"]}
+        ]
+        note = note or previous.get("note", "")
+        for row in rows:
+            row.setdefault("measured", previous["date"][:10])
     text = load_corpus(None)
-    rows = []
     for spec in args.models:
         name, _, raw = spec.partition("=")
         path = Path(raw)
         row = from_run(path) if (path / "run.json").exists() else from_export(path, text)
-        rows.append({"name": name, "path": str(path), **row})
+        new = {"name": name, "path": str(path), **row, "measured": date[:10]}
+        at = next((i for i, old in enumerate(rows) if old["name"] == name), len(rows))
+        rows[at : at + 1] = [new]
         print(name, {k: v for k, v in row.items() if k != "train_command"}, flush=True)
-    report = {
-        "command": "python benchmarks/cold_start.py " + " ".join(sys.argv[1:]),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "rows": rows,
-    }
+    runs.append({"command": command.split(" --note")[0], "date": date})
+    report = {"command": command, "date": date, "runs": runs, "note": note, "rows": rows}
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     lines = [
         "# Cold start: quality from the zero state",
         "",
-        f"`{report['command'].split(' --note')[0]}` on {report['date'][:10]}.",
+        *[f"`{run['command']}` on {run['date'][:10]}." for run in runs],
         "",
         "Carried-state loss is the usual validation (state carried through the held-out text). "
         "Line-start loss: mean nats over the first 64 characters of 256 validation windows that "
@@ -91,8 +108,9 @@ def main() -> None:
         "have fewer than half their letters in corpus words. Targets (issue 13): 0 of 40, and "
         "line-start loss ≤ carried + 0.12 nats.",
         "",
-        "| model | carried val loss | line-start loss (first 8) | Δ | degenerate | greedy after `ROMEO:` |",
-        "|---|---:|---:|---:|---:|---|",
+        "| model | carried val loss | line-start loss (first 8) | Δ | degenerate | greedy after `ROMEO:` "
+        "| measured |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         delta = r["cold_loss"] - r["val_loss"] if r["val_loss"] else float("nan")
@@ -100,12 +118,12 @@ def main() -> None:
         lines.append(
             f"| {r['name']} | {r['val_loss']:.4f} | {r['cold_loss']:.4f} "
             f"({r['cold_loss_first8']:.3f}) | {delta:+.3f} | "
-            f"{r['degenerate_starts']}/{r['cold_prompts']} | {romeo} |"
+            f"{r['degenerate_starts']}/{r['cold_prompts']} | {romeo} | {r['measured']} |"
         )
     lines += ["", "Training commands:", ""]
     lines += [f"- {r['name']}: `{r['train_command']}`" for r in rows]
-    if args.note:
-        lines += ["", args.note]
+    if note:
+        lines += ["", note]
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
