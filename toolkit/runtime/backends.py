@@ -207,25 +207,21 @@ class OnnxBoundStepper:
         self.logits = np.zeros(logits_shape, np.float32)
         self._h = (np.array(h, np.float32, order="C"), np.zeros(h.shape, np.float32))
         self._c = (np.array(c, np.float32, order="C"), np.zeros(c.shape, np.float32))
-        self._values = []  # the OrtValues wrap these arrays' memory: kept alive with them
+        # One OrtValue per buffer, shared by both bindings; they wrap these arrays' memory,
+        # so they are kept alive with them.
+        wrap = OrtValue.ortvalue_from_numpy
+        token, logits = wrap(self.token), wrap(self.logits)
+        self._values = [token, logits, *map(wrap, self._h), *map(wrap, self._c)]
+        h_values, c_values = self._values[2:4], self._values[4:6]
         self._bindings = []
         for read in (0, 1):
             binding = session.io_binding()
-            buffers = {
-                "token": self.token,
-                "h": self._h[read],
-                "c": self._c[read],
-                "logits": self.logits,
-                "h_out": self._h[1 - read],
-                "c_out": self._c[1 - read],
-            }
-            for name, array in buffers.items():
-                value = OrtValue.ortvalue_from_numpy(array)
-                self._values.append(value)
-                if name in ("token", "h", "c"):
-                    binding.bind_ortvalue_input(name, value)
-                else:
-                    binding.bind_ortvalue_output(name, value)
+            binding.bind_ortvalue_input("token", token)
+            binding.bind_ortvalue_input("h", h_values[read])
+            binding.bind_ortvalue_input("c", c_values[read])
+            binding.bind_ortvalue_output("logits", logits)
+            binding.bind_ortvalue_output("h_out", h_values[1 - read])
+            binding.bind_ortvalue_output("c_out", c_values[1 - read])
             self._bindings.append(binding)
         self._raw = [binding._iobinding for binding in self._bindings]
         self._run = session._sess.run_with_iobinding

@@ -336,7 +336,7 @@ class Generator:
     def encode(self, text: str, unknown: str = "error") -> list[int]:
         if unknown not in ("error", "skip"):
             raise UsageError(f"--unknown must be 'error' or 'skip', got {unknown!r}")
-        missing = sorted({ch for ch in text if ch not in self.index})
+        missing = self.vocab.unknown(text)
         if missing and unknown == "error":
             shown = ", ".join(repr(ch) for ch in missing[:20])
             raise UsageError(
