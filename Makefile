@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   set up, train the default preset on the bundled corpus, export, generate
-#   make test   set up, lint (ruff), type-check (mypy), run the tests (pytest)
+#   make test   set up, lint (ruff, ESLint), type-check (mypy), run the tests (node, pytest)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -42,7 +42,7 @@ lint: setup
 	$(BIN)/mypy toolkit
 
 web-test: web/node_modules/.package-lock.json
-	cd web && npm test --silent
+	cd web && npm run lint --silent && npm test --silent
 
 test: lint web-test
 	$(BIN)/python -m pytest -q

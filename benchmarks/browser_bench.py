@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.browser import find_chromium, open_page, wait_ready
-from toolkit.data import atomic_write_text
-from toolkit.runtime.backends import OnnxBackend
+from toolkit.files import atomic_write_text
+from toolkit.runtime.backends.onnx import OnnxBackend
 from toolkit.runtime.manifest import read_manifest
-from toolkit.web import SiteServer, build_site
+from toolkit.web.browser import find_chromium, open_page, wait_ready
+from toolkit.web.site import SiteServer, build_site
 
 REPO = Path(__file__).resolve().parents[1]
 

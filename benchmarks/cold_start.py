@@ -3,7 +3,7 @@
     python benchmarks/cold_start.py committed=exported/shakespeare quick=runs/cs/p0 ...
 
 Each NAME=PATH is an exported folder (measured now, with onnxruntime) or a run directory
-(its last validation, which measured the same figures during training: toolkit/cold_start.py).
+(its last validation, which measured the same figures during training: toolkit/train/cold_start.py).
 Writes benchmarks/reports/cold_start.{json,md}. With --update, the report's other rows are kept
 as measured before (their folders may be gone) and the named ones replaced or added; each row
 says when it was measured, and the report lists every command that made it.
@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from toolkit.cold_start import common_line_starts, corpus_words, measure
-from toolkit.data import atomic_write_text, load_corpus, split_corpus
+from toolkit.data.corpus import load_corpus, split_corpus
+from toolkit.files import atomic_write_text
 from toolkit.runtime import load
+from toolkit.train.cold_start import common_line_starts, corpus_words, measure
 from toolkit.vocabulary import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]

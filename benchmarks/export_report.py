@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from toolkit.data import atomic_write_text
+from toolkit.files import atomic_write_text
 from toolkit.runtime.manifest import read_manifest
 
 

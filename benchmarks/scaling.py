@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from toolkit.data import atomic_write_text, bundled_corpus_text  # noqa: E402
+from toolkit.data.corpus import bundled_corpus_text  # noqa: E402
+from toolkit.files import atomic_write_text  # noqa: E402
 
 REPORTS = REPO / "benchmarks" / "reports"
 BANDWIDTHS_GBIT = (1.0, 10.0, 25.0)
@@ -61,7 +62,7 @@ main()
 _ALLREDUCE = """
 import json, sys, time, os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-from toolkit.distributed import Cluster
+from toolkit.train.distributed import Cluster
 strategy = Cluster.from_environment().strategy()
 import tensorflow as tf
 floats, repeats = int(sys.argv[1]), int(sys.argv[2])
@@ -165,13 +166,13 @@ def throughput(work: Path, seconds: float) -> dict:
 
 def gradient_floats() -> int:
     from toolkit.config import preset
-    from toolkit.model import build_model
+    from toolkit.train.model import build_model
 
     return int(build_model(preset("default").model_config(65)).count_params())
 
 
 def allreduce(floats: int, repeats: int = 50) -> dict:
-    from toolkit.distributed import free_ports
+    from toolkit.train.distributed import free_ports
 
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
@@ -254,7 +255,7 @@ def markdown(report: dict) -> str:
             "loaded. The higher peak on the large corpus "
             f"(+{big['train_peak_rss_mb'] - small['train_peak_rss_mb']:.0f} MB) is a fixed "
             "cost, not growth: the cold-start prompts and word list are computed once from "
-            "the first 4 million characters (toolkit/batches.py SAMPLE_CHARS), tiny "
+            "the first 4 million characters (toolkit/data/batches.py SAMPLE_CHARS), tiny "
             "Shakespeare has 1.1 million. `prepare` stays under 120 MB for 2 GB (the target "
             "was 300 MB).",
         ]
@@ -311,7 +312,7 @@ def main() -> None:
         report = json.loads((REPORTS / "scaling.json").read_text())
         atomic_write_text(REPORTS / "scaling.md", markdown(report))
         return
-    from toolkit.bench import machine_info
+    from toolkit.machine import machine_info
 
     work = Path(tempfile.mkdtemp(prefix="toolkit-scaling-"))
     try:

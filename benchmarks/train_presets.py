@@ -22,11 +22,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from toolkit.bench import machine_info
 from toolkit.config import PRESETS
-from toolkit.data import atomic_write_bytes, atomic_write_text
-from toolkit.run_dir import iter_metrics
-from toolkit.trainer import bits_per_char
+from toolkit.files import atomic_write_bytes, atomic_write_text
+from toolkit.machine import machine_info
+from toolkit.train.run_dir import iter_metrics
+from toolkit.train.trainer import bits_per_char
 
 TARGETS = {"quick": 1.65, "default": 1.47, "best": 1.42}  # nats/char (issue: training recipe)
 
@@ -78,7 +78,7 @@ def summarize(name: str, run_dir: Path) -> dict:
         "met_target": best["val_loss"] <= TARGETS[name] if name in TARGETS else None,
         "curve": [(r["elapsed_s"], r["val_loss"]) for r in rows],
         "precision": info.get("precision", "fp32"),
-        # Zero-state figures at the best validation (toolkit/cold_start.py), when recorded.
+        # Zero-state figures at the best validation (toolkit/train/cold_start.py), when recorded.
         "cold_loss": best.get("cold_loss"),
         "cold_loss_first8": best.get("cold_loss_first8"),
         "degenerate_starts": best.get("degenerate_starts"),
@@ -153,7 +153,7 @@ def markdown(results: list[dict], command: str, machine: dict, note: str = "") -
         "Every generation starts from zeros; carried-state validation never does. Line-start "
         "loss: the first 64 characters of 256 validation windows that begin a line, from zeros "
         "(first 8 in brackets). Degenerate: greedy starts after the 40 most common speaker lines "
-        "that fail toolkit/cold_start.py's tests. At each preset's best validation. Targets: "
+        "that fail toolkit/train/cold_start.py's tests. At each preset's best validation. Targets: "
         "line-start loss ≤ carried + 0.12 nats, 0 of 40 degenerate.",
         "",
         "| preset | precision | carried val loss | line-start loss (first 8) | Δ | degenerate | met |",

@@ -24,11 +24,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from toolkit.batches import epoch_batches
-from toolkit.bench import machine_info
 from toolkit.config import PRESETS
-from toolkit.data import atomic_write_text, bundled_corpus_text, split_corpus
-from toolkit.trainer import Trainer, zero_state
+from toolkit.data.batches import epoch_batches
+from toolkit.data.corpus import bundled_corpus_text, split_corpus
+from toolkit.files import atomic_write_text
+from toolkit.machine import machine_info
+from toolkit.train.trainer import Trainer, zero_state
 from toolkit.vocabulary import Vocabulary
 
 

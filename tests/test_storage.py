@@ -29,7 +29,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def test_atomic_write_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from toolkit.data import atomic_write_bytes
+    from toolkit.files import atomic_write_bytes
 
     target = tmp_path / "checkpoint.npz"
     target.write_bytes(b"previous")
@@ -43,7 +43,7 @@ def test_atomic_write_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> No
 def test_training_on_a_full_disk_keeps_the_last_checkpoint(
     tiny_run: Path, tiny_config, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from toolkit.train import train
+    from toolkit.train.loop import train
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -62,7 +62,7 @@ def test_training_on_a_full_disk_keeps_the_last_checkpoint(
 def test_export_on_a_full_disk_leaves_the_folder_as_it_was(
     tiny_run: Path, tiny_export: Path, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from toolkit.export import export_run
+    from toolkit.export.exporter import export_run
 
     out = tmp_path / "exported"
     shutil.copytree(tiny_export, out)
@@ -82,7 +82,7 @@ def test_export_on_a_full_disk_leaves_the_folder_as_it_was(
 
 
 def test_the_cli_reports_a_write_error_in_one_line(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    from toolkit import cli
+    import toolkit.cli.entry as cli
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/x/model.keras")

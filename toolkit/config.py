@@ -14,11 +14,29 @@ from toolkit.errors import UsageError
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The model's sizes (what every exported file of it shares) and its training dropout."""
+
     vocab_size: int = 65
     embedding_dim: int = 64
     units: int = 512
     layers: int = 1
     dropout: float = 0.0  # between layers and before the output; gone at inference
+
+    def state_shape(self, batch: int) -> tuple[int, int, int]:
+        """h and c of the step: [layers, batch, units]."""
+        return (self.layers, batch, self.units)
+
+    def sizes(self) -> dict[str, int]:
+        """The sizes a manifest records (dropout does not exist at inference)."""
+        return {
+            "vocab_size": self.vocab_size,
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "layers": self.layers,
+        }
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -40,11 +58,11 @@ class TrainConfig:
     jit_compile: bool = False  # XLA for the training step
     stateful: bool = True  # carry LSTM state across consecutive windows (char-rnn style)
     # Probability that a stream's carried state is zeroed at a window border. Carried state
-    # alone almost never trains the zero state every generation starts from (toolkit/cold_start.py).
+    # alone almost never trains the zero state every generation starts from (train/cold_start.py).
     reset_prob: float = 0.0
     # Compute precision of training: "bf16" (Keras mixed_bfloat16: bf16 math, float32
-    # weights), "fp32", or "auto" = bf16 where the CPU has bf16 instructions (1.3-1.8x the
-    # characters per second here). Validation, export and every runtime stay float32.
+    # weights), "fp32", or "auto" = bf16 where the CPU has bf16 instructions
+    # (benchmarks/reports/train_throughput.md). Validation, export and every runtime stay float32.
     precision: str = "auto"
     epochs: int = 100
     max_minutes: float | None = 10.0
@@ -79,7 +97,7 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.embedding_dim >= 1, "embedding_dim must be >= 1"),
-            (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
+            (self.precision in PRECISIONS, "precision must be auto, bf16 or fp32"),
             (0.0 <= self.reset_prob <= 1.0, "reset-prob must be in [0, 1]"),
             (self.units >= 1, "units must be >= 1"),
             (self.layers >= 1, "layers must be >= 1"),
@@ -177,17 +195,9 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo); elsewhere, assume not."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next((line for line in handle if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
-
-
 def resolve_precision(precision: str) -> str:
+    from toolkit.machine import cpu_has_bf16
+
     if precision == "auto":
         return "bf16" if cpu_has_bf16() else "fp32"
     return precision

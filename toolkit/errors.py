@@ -57,6 +57,12 @@ def storage_error(exc: OSError, path: object) -> StorageError:
     return StorageError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: converters and runtimes write essays."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class WebError(ToolkitError):
     """The browser site cannot be built or served (no onnxruntime-web, no ONNX model, ...)."""
 

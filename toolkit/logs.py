@@ -1,15 +1,19 @@
 """Quiet by default: only the toolkit's own lines, unless --verbose (TOOLKIT_VERBOSE=1).
 
 TensorFlow prints its C++ start-up lines (oneDNN, CUDA probing) before absl logging is set
-up, so TF_CPP_MIN_LOG_LEVEL cannot stop them; LiteRT announces its XNNPACK delegate and the
-TFLite converter its quantization settings the same way. Those go to file descriptor 2
+up, so TF_CPP_MIN_LOG_LEVEL cannot stop them all; LiteRT announces its XNNPACK delegate and
+the TFLite converter its quantization settings the same way. Those go to file descriptor 2
 directly, so the only way to hide them is to point that descriptor elsewhere while such a
 call runs. What was hidden is replayed if the call fails, so no error message is lost.
+
+TensorFlow is imported through `import_tensorflow` (or after `quiet_tensorflow_env`) and
+nowhere else, so that its log level is set in this one place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -18,7 +22,10 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from toolkit.errors import UsageError
+
 VERBOSE_ENV = "TOOLKIT_VERBOSE"
+TRAIN_EXTRA = "this command needs TensorFlow: pip install 'char-lstm-toolkit[train]'"
 
 
 def verbose() -> bool:
@@ -31,9 +38,15 @@ def set_verbose(on: bool) -> None:
     os.environ[VERBOSE_ENV] = "1" if on else "0"
     if on:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow_env()
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
+
+
+def quiet_tensorflow_env() -> None:
+    """TensorFlow's C++ log level, before TensorFlow is imported: errors only unless verbose
+    (a level the user set in the environment is kept)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose() else "3")
 
 
 @contextlib.contextmanager
@@ -58,18 +71,21 @@ def native_stderr_hidden() -> Iterator[None]:
             os.close(saved)
 
 
+def require_tensorflow() -> None:
+    """A one-line UsageError if TensorFlow is not installed; imports nothing (milliseconds),
+    so a command can refuse early and check its own input before the slow import."""
+    if importlib.util.find_spec("tensorflow") is None:
+        raise UsageError(TRAIN_EXTRA)
+
+
 def import_tensorflow() -> Any:
     """Import TensorFlow quietly, or say in one line what to install."""
-    from toolkit.errors import UsageError
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if not verbose() else "0")
+    quiet_tensorflow_env()
     try:
         with native_stderr_hidden():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # probes CUDA now, and logs it now
     except ImportError:
-        raise UsageError(
-            "this command needs TensorFlow: pip install 'char-lstm-toolkit[train]'"
-        ) from None
+        raise UsageError(TRAIN_EXTRA) from None
     return tf

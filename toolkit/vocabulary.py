@@ -1,7 +1,7 @@
 """The characters a model knows, and the conversion between text and token ids.
 
-Kept apart from data.py (corpora, downloads) so that the runtime can use it without
-importing what training needs.
+Training and every runtime share it: a model's vocabulary is saved with its run
+(vocab.json) and in its manifest, and a token id is a character's index in it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from toolkit.files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -47,21 +49,25 @@ class Vocabulary:
         return bytes(ord(ch) for ch in self.chars).ljust(256, b"\0")
 
     def decode(self, ids: np.ndarray | list[int]) -> str:
-        # Latin-1 vocabularies (Shakespeare's is ASCII): one bytes.translate, ~10x cheaper
-        # than joining an array of strings; it runs on every streamed chunk of `generate`.
+        # Latin-1 vocabularies (Shakespeare's is ASCII): one bytes.translate, much cheaper than
+        # joining an array of strings; it runs on every streamed chunk of `generate`.
         table = self._bytes
         if table is not None:
             codes = bytes(ids) if isinstance(ids, list) else np.asarray(ids, np.uint8).tobytes()
             return codes.translate(table).decode("latin-1")
         return "".join(self._table[np.asarray(ids, dtype=np.int64)].tolist())
 
+    @property
+    def start_text(self) -> str:
+        """What generation feeds for an empty prompt: a line break (the model begins a line),
+        else a space, else the first character."""
+        return next((s for s in ("\n", " ") if s in self.index), self.chars[0])
+
     def unknown(self, text: str) -> list[str]:
         known = set(self.chars)
         return sorted({ch for ch in text if ch not in known})
 
     def save(self, path: Path) -> None:
-        from toolkit.data import atomic_write_text  # not at the top: data.py imports urllib
-
         atomic_write_text(path, json.dumps(list(self.chars), ensure_ascii=False, indent=0))
 
     @classmethod

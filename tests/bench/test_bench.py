@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.bench import GENERATION_PAIRS, RUNTIMES, BenchConfig, run_bench
+from toolkit.bench.generation import GENERATION_PAIRS
+from toolkit.bench.harness import BenchConfig, run_bench
+from toolkit.bench.targets import RUNTIMES
 from toolkit.errors import UsageError
 
 
@@ -20,7 +22,7 @@ def test_bench_smoke(tiny_run: Path, tiny_export: Path, tmp_path: Path) -> None:
         rounds=2,
         warmup=2,
         prompt_chars=50,
-        cold_start_runs=1,
+        startup_runs=1,
         name="smoke",
     )
     report = run_bench(tiny_run, tiny_export, config, tmp_path, log=lambda _: None)
@@ -44,10 +46,10 @@ def test_bench_smoke(tiny_run: Path, tiny_export: Path, tmp_path: Path) -> None:
     assert {r["threads"] for r in report["latency"] if r["runtime"] == "keras-call"} == {None}
     assert set(report["floors"]) == {"1", "2"}
     assert all("floor_ratio" in r for r in report["latency"] if r["batch"] == 1)
-    cold = report["runtimes"]["onnx-fp32"]["cold_start"]
-    assert cold["wall_s"] >= cold["first_char_s"] > 0
+    started = report["runtimes"]["onnx-fp32"]["startup"]
+    assert started["wall_s"] >= started["first_char_s"] > 0
     # The child's own peak, not the forked copy of this TensorFlow-sized test process.
-    assert 10 < cold["peak_rss_mb"] < 400
+    assert 10 < started["peak_rss_mb"] < 400
     assert report["runtimes"]["onnx-int8"]["val_bpc"] > 0
     for runtime in RUNTIMES:  # every runtime but predict times a prompt warm-up
         ttfc = report["runtimes"][runtime]["ttfc_1000_s"]

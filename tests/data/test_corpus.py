@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from conftest import SHARED_CORPUS
 
-from toolkit.data import (
+from toolkit.data.corpus import (
     SHAKESPEARE_SHA256,
-    atomic_write_text,
     bundled_corpus_text,
     download_corpus,
     load_corpus,
     split_corpus,
 )
 from toolkit.errors import DataError, DownloadError, StorageError
+from toolkit.files import atomic_write_text
 from toolkit.vocabulary import Vocabulary
 
 

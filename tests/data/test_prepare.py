@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.batches import EpochWindows, epoch_batches, open_training_data
 from toolkit.config import preset
-from toolkit.data import load_corpus, split_corpus
+from toolkit.data.batches import EpochWindows, epoch_batches, open_training_data
+from toolkit.data.corpus import load_corpus, split_corpus
+from toolkit.data.prepare import id_dtype, open_prepared, prepare
 from toolkit.errors import DataError, UsageError
-from toolkit.prepare import id_dtype, open_prepared, prepare
 from toolkit.vocabulary import Vocabulary
 
 
@@ -47,7 +47,7 @@ def test_prepared_ids_equal_the_raw_text_split(small_corpus: Path, tmp_path: Pat
 def test_folder_of_txt_and_gz_in_small_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("toolkit.prepare.CHUNK_BYTES", 7)  # multi-byte characters cross chunks
+    monkeypatch.setattr("toolkit.data.prepare.CHUNK_BYTES", 7)  # multi-byte characters cross chunks
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("héllo wörld\n" * 50, encoding="utf-8")

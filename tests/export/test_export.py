@@ -7,15 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import manifest_json
 
 from toolkit.errors import ExportError, RunDirError, UsageError
-from toolkit.runtime.manifest import ARTIFACT_FILES, read_manifest, sha256_bytes
+from toolkit.files import sha256_bytes
+from toolkit.runtime.manifest import ARTIFACT_FILES
 
 ALL_FILES = sorted(ARTIFACT_FILES.values())
 
 
 def test_every_variant_exported_and_validated(tiny_export: Path, tiny_run: Path) -> None:
-    manifest = read_manifest(tiny_export)
+    manifest = manifest_json(tiny_export)
     assert manifest["vocab"] == json.loads((tiny_run / "vocab.json").read_text())
     assert sorted(manifest["artifacts"]) == ALL_FILES
     for name, entry in manifest["artifacts"].items():
@@ -60,7 +62,7 @@ def test_onnx_signature_from_onnxruntime(tiny_export: Path) -> None:
         assert isinstance(inputs["token"][1][0], str)  # dynamic batch
         assert inputs["h"][1][0] == 1 and inputs["h"][1][2] == 16
         assert outputs["logits"][0] == "tensor(float)"
-        assert outputs["logits"][1][1] == read_manifest(tiny_export)["model"]["vocab_size"]
+        assert outputs["logits"][1][1] == manifest_json(tiny_export)["model"]["vocab_size"]
         assert set(outputs) == {"logits", "h_out", "c_out"}
         ops = {node.op_type for node in onnx.load(str(tiny_export / name)).graph.node}
         assert not ops & {"Loop", "Scan", "If"}, ops
@@ -69,7 +71,7 @@ def test_onnx_signature_from_onnxruntime(tiny_export: Path) -> None:
 def test_tflite_signature_and_builtin_ops(tiny_export: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from toolkit.export import graph_op_types
+    from toolkit.export.tflite import op_types
 
     for name in ("model.tflite", "model.fp16.tflite", "model.int8.tflite"):
         interpreter = Interpreter(model_path=str(tiny_export / name))
@@ -84,15 +86,16 @@ def test_tflite_signature_and_builtin_ops(tiny_export: Path) -> None:
         # Runs at batch 3 through the stock signature runner.
         h = np.zeros((1, 3, 16), np.float32)
         out = runner(token=np.array([0, 1, 2], np.int32), h=h, c=h)
-        assert out["logits"].shape == (3, read_manifest(tiny_export)["model"]["vocab_size"])
-        ops = graph_op_types("tflite", (tiny_export / name).read_bytes())
+        assert out["logits"].shape == (3, manifest_json(tiny_export)["model"]["vocab_size"])
+        ops = op_types((tiny_export / name).read_bytes())
         assert "WHILE" not in ops and "FLEX_DELEGATE" not in ops and "CUSTOM" not in ops, ops
 
 
 def test_independent_check_on_unseen_text(tiny_export: Path, tiny_run: Path) -> None:
     """Step ONNX and TFLite over text validation never used; compare with Keras directly."""
-    from toolkit.export import load_keras_run
-    from toolkit.runtime.backends import OnnxBackend, TFLiteBackend
+    from toolkit.runtime.backends.keras import load_keras_model
+    from toolkit.runtime.backends.onnx import OnnxBackend
+    from toolkit.runtime.backends.tflite import TFLiteBackend
     from toolkit.vocabulary import Vocabulary
 
     vocab = Vocabulary.load(tiny_run / "vocab.json")
@@ -101,7 +104,7 @@ def test_independent_check_on_unseen_text(tiny_export: Path, tiny_run: Path) -> 
         * 6
     )
     ids = vocab.encode("".join(ch for ch in text if ch in vocab.index))[:520].reshape(1, -1)
-    model, *_ = load_keras_run(tiny_run)  # float32, even when trained in bf16
+    model = load_keras_model(tiny_run)  # float32, even when trained in bf16
     zeros = np.zeros((1, 1, 16), np.float32)
     reference = np.asarray(model({"tokens": ids, "h": zeros, "c": zeros})["logits"])[0]
     for backend in (
@@ -117,12 +120,12 @@ def test_independent_check_on_unseen_text(tiny_export: Path, tiny_run: Path) -> 
 
 
 def test_existing_target_needs_force_and_adding_formats(tiny_run: Path, tmp_path: Path) -> None:
-    from toolkit.export import export_run
+    from toolkit.export.exporter import export_run
 
     out = tmp_path / "exp"
     export_run(tiny_run, out, formats=["numpy"], log=lambda _: None, command="toolkit export a")
     export_run(tiny_run, out, formats=["onnx"], log=lambda _: None, command="toolkit export b")
-    manifest = read_manifest(out)  # the second export added to the first
+    manifest = manifest_json(out)  # the second export added to the first
     assert sorted(manifest["artifacts"]) == ["model.onnx", "weights.npz"]
     assert manifest["source"]["commands"] == ["toolkit export a", "toolkit export b"]
     before = (out / "model.onnx").read_bytes()
@@ -130,8 +133,8 @@ def test_existing_target_needs_force_and_adding_formats(tiny_run: Path, tmp_path
         export_run(tiny_run, out, formats=["onnx"], log=lambda _: None)
     assert (out / "model.onnx").read_bytes() == before
     export_run(tiny_run, out, formats=["onnx"], force=True, validate=False, log=lambda _: None)
-    assert sorted(read_manifest(out)["artifacts"]) == ["model.onnx", "weights.npz"]
-    assert read_manifest(out)["source"]["commands"] == ["toolkit export a", "toolkit export b"]
+    assert sorted(manifest_json(out)["artifacts"]) == ["model.onnx", "weights.npz"]
+    assert manifest_json(out)["source"]["commands"] == ["toolkit export a", "toolkit export b"]
     # Replacing every file leaves only the command that made them.
     export_run(
         tiny_run,
@@ -142,7 +145,7 @@ def test_existing_target_needs_force_and_adding_formats(tiny_run: Path, tmp_path
         log=lambda _: None,
         command="toolkit export c",
     )
-    assert read_manifest(out)["source"]["commands"] == ["toolkit export c"]
+    assert manifest_json(out)["source"]["commands"] == ["toolkit export c"]
 
 
 def test_export_of_retrained_weights_replaces_the_whole_folder(
@@ -151,7 +154,7 @@ def test_export_of_retrained_weights_replaces_the_whole_folder(
     """--force into a folder exported from other weights keeps nothing of them."""
     import shutil
 
-    from toolkit.export import export_run
+    from toolkit.export.exporter import export_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -167,7 +170,7 @@ def test_export_of_retrained_weights_replaces_the_whole_folder(
     export_run(
         run, out, formats=["onnx"], force=True, log=lambda _: None, command="toolkit export b"
     )
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     assert sorted(manifest["artifacts"]) == ["model.onnx"]
     assert manifest["source"]["steps"] == info["steps"]
     assert manifest["source"]["commands"] == ["toolkit export b"]
@@ -175,12 +178,13 @@ def test_export_of_retrained_weights_replaces_the_whole_folder(
 
 
 def test_failed_validation_leaves_nothing(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
-    import toolkit.export as export
+    import toolkit.export.validate as validate
+    from toolkit.export.exporter import export_run
 
-    monkeypatch.setattr(export, "FP32_ATOL", -1.0)  # impossible tolerance: validation fails
+    monkeypatch.setattr(validate, "FP32_ATOL", -1.0)  # impossible tolerance: validation fails
     out = tmp_path / "exp"
     with pytest.raises(ExportError, match="validation failed"):
-        export.export_run(tiny_run, out, formats=["onnx"], log=lambda _: None)
+        export_run(tiny_run, out, formats=["onnx"], log=lambda _: None)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -188,28 +192,28 @@ def test_failed_validation_leaves_nothing(tiny_run: Path, tmp_path: Path, monkey
 @pytest.mark.parametrize(
     ("formats", "quantization", "message"),
     [
-        (["onnx"], "float16", "onnx has no float16"),
+        (["onnx"], "float16", "onnx has no fp16"),
         (["numpy"], "int8", "numpy has no int8"),
         (["coreml"], "none", "unknown format"),
         (["tflite"], "int4", "unknown quantization"),
     ],
 )
 def test_impossible_combinations(formats, quantization, message) -> None:
-    from toolkit.export import plan_artifacts
+    from toolkit.export.plan import plan_artifacts
 
     with pytest.raises(UsageError, match=message):
         plan_artifacts(formats, quantization)
 
 
 def test_all_formats_with_one_quantization_picks_those_that_have_it() -> None:
-    from toolkit.export import plan_artifacts
+    from toolkit.export.plan import plan_artifacts
 
     assert plan_artifacts(["tflite", "onnx", "numpy"], "float16") == [("tflite", "float16")]
     assert ("onnx", "int8") in plan_artifacts(["tflite", "onnx", "numpy"], "int8")
 
 
 def test_missing_or_incomplete_run_dir(tmp_path: Path) -> None:
-    from toolkit.export import export_run
+    from toolkit.export.exporter import export_run
 
     with pytest.raises(RunDirError, match="not found"):
         export_run(tmp_path / "nope", tmp_path / "out")

@@ -7,17 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import manifest_json, parse_c_array
 
 from toolkit.errors import ExportError, ModelFileError
-from toolkit.export_micro import MicroLimits, parse_c_array
+from toolkit.export.micro import MicroLimits
+from toolkit.files import sha256_bytes
 from toolkit.runtime import load
-from toolkit.runtime.manifest import read_manifest, sha256_bytes
 
 FULL_INT8 = "model.full-int8.tflite"
 
 
 def test_full_int8_is_validated_in_tflite_micro(tiny_export: Path) -> None:
-    entry = read_manifest(tiny_export)["artifacts"][FULL_INT8]
+    entry = manifest_json(tiny_export)["artifacts"][FULL_INT8]
     assert entry["quantization"] == "full-int8"
     micro = entry["micro"]
     # TFLite Micro addresses tensors by position: the manifest keeps the subgraph order.
@@ -38,7 +39,7 @@ def test_full_int8_is_validated_in_tflite_micro(tiny_export: Path) -> None:
 
 
 def test_c_array_round_trips_to_the_model(tiny_export: Path) -> None:
-    entry = read_manifest(tiny_export)["artifacts"][FULL_INT8]
+    entry = manifest_json(tiny_export)["artifacts"][FULL_INT8]
     source = (tiny_export / "model_data.cc").read_text()
     header = (tiny_export / "model_data.h").read_text()
     data = parse_c_array(source)
@@ -48,7 +49,7 @@ def test_c_array_round_trips_to_the_model(tiny_export: Path) -> None:
     assert "alignas(16)" in source
     assert f"kCharLstmArenaBytes = {entry['micro']['arena_bytes']};" in header
     assert "resolver.AddFullyConnected();" in header and "resolver.AddGather();" in header
-    vocab = read_manifest(tiny_export)["vocab"]
+    vocab = manifest_json(tiny_export)["vocab"]
     assert f"kCharLstmVocabSize = {len(vocab)};" in header
     assert source.isascii()
 
@@ -63,7 +64,7 @@ def test_tflm_runtime_generates_like_litert(tiny_export: Path) -> None:
     for _ in range(20):
         a, h_a, c_a = tflm.backend.step(token, h, c)
         b, _, _ = litert.backend.step(token, h, c)
-        scale = read_manifest(tiny_export)["artifacts"][FULL_INT8]["micro"]["outputs"]
+        scale = manifest_json(tiny_export)["artifacts"][FULL_INT8]["micro"]["outputs"]
         step = max(t["scale"] for t in scale)
         assert np.max(np.abs(a - b)) <= 2 * step  # same int8 arithmetic, up to rounding
         h, c = h_a, c_a
@@ -104,7 +105,7 @@ def test_calibration_text_with_unknown_characters(tiny_run: Path, tmp_path: Path
 
 
 def _export_micro(run: Path, out: Path, **kwargs) -> None:  # type: ignore[no-untyped-def]
-    from toolkit.export import export_run
+    from toolkit.export.exporter import export_run
 
     kwargs.setdefault("log", lambda _: None)
     export_run(run, out, formats=["tflite"], quantization="full-int8", **kwargs)

@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import manifest_json, parse_c_array
 
+from toolkit.files import sha256_bytes
 from toolkit.runtime import load
-from toolkit.runtime.manifest import read_manifest, sha256_bytes
 
-MODEL = Path(__file__).resolve().parents[1] / "exported" / "shakespeare"
+MODEL = Path(__file__).resolve().parents[2] / "exported" / "shakespeare"
 
 
 def test_manifest_and_checksums() -> None:
-    manifest = read_manifest(MODEL)
+    manifest = manifest_json(MODEL)
     files = manifest["artifacts"]
     assert {"model.onnx", "model.int8.tflite"} <= set(files)
     total = 0
@@ -35,6 +36,9 @@ def test_greedy_text_agrees_between_onnx_and_tflite() -> None:
     onnx = load(MODEL, runtime="onnx").generate("ROMEO:", length=300, temperature=0).texts[0]
     tflite = load(MODEL, runtime="tflite").generate("ROMEO:", length=300, temperature=0).texts[0]
     assert onnx == tflite
+    # numpy reads model.onnx's weights (the folder has no weights.npz), as the README shows.
+    numpy = load(MODEL, runtime="numpy").generate("ROMEO:", length=300, temperature=0).texts[0]
+    assert numpy == onnx
     assert len(set(onnx)) > 10  # a trained model writes varied text, not one repeated char
 
 
@@ -56,9 +60,7 @@ def test_default_model_is_the_committed_one(
 
 def test_committed_model_runs_on_a_microcontroller() -> None:
     """model.full-int8.tflite validated in TFLite Micro; its C array is the same bytes."""
-    from toolkit.export_micro import parse_c_array
-
-    entry = read_manifest(MODEL)["artifacts"]["model.full-int8.tflite"]
+    entry = manifest_json(MODEL)["artifacts"]["model.full-int8.tflite"]
     validation = entry["validation"]
     assert "TensorFlow Lite Micro" in validation["criterion"] and validation["passed"]
     # The cell clip keeps full-integer quality close to fp32 (+2% without it).

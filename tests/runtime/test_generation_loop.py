@@ -1,53 +1,46 @@
-"""The vectorised generation loop gives the same text as the plain one it replaced.
+"""The fast generation loop gives the same text as the plain one (toolkit/runtime/reference.py).
 
-The reference below is the loop `Session.sample` used before it was vectorised (a Python loop
-per row per character, `sample_next` per step, the stop string re-checked on the tail); the
-fast loop must agree with it token for token, stream the same text, and leave the caller's
-random Generator where the reference leaves it.
+The reference is a Python loop per row per character with `sample_next` per step and the stop
+string re-checked on the tail; the fast loop must agree with it token for token, stream the
+same text, and leave the caller's random Generator and the LSTM state where the reference
+leaves them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
-from toolkit.runtime import load
-from toolkit.runtime.generator import Generator, Session, StopMatcher
-from toolkit.runtime.sampling import Sampler, sample_next
+from toolkit.runtime import load, reference
+from toolkit.runtime.generator import Generator
+from toolkit.runtime.sampling import Sampler, overflow_detected, sample_next
+from toolkit.runtime.stop import StopMatcher
 
-COMMITTED = Path(__file__).resolve().parents[1] / "exported" / "shakespeare"
+COMMITTED = Path(__file__).resolve().parents[2] / "exported" / "shakespeare"
 
 
-def reference_sample(
-    session: Session,
-    length: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    rng: np.random.Generator,
-    stop: str | None,
-) -> list[str]:
-    """The pre-vectorisation loop's texts."""
-    chars = session.generator.chars
-    out: list[list[str]] = [[] for _ in range(session.batch)]
-    done = np.zeros(session.batch, dtype=bool)
-    for _ in range(length):
-        assert session.logits is not None
-        tokens = sample_next(session.logits, rng, temperature, top_k, top_p)
-        for row, token in enumerate(tokens):
-            if done[row]:
-                continue
-            out[row].append(chars[token])
-            if stop and "".join(out[row][-len(stop) :]) == stop:
-                done[row] = True
-                del out[row][-len(stop) :]
-        if done.all():
-            break
-        session._step(tokens)
-    return ["".join(row) for row in out]
+def drawer(sampler: Sampler, vocab_size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """One token per row through the generation loop's own drawer (batch 1 or more)."""
+    if sampler.batch == 1:
+        one = sampler.row_drawer(vocab_size)
+
+        def draw_one(logits: np.ndarray) -> np.ndarray:
+            with overflow_detected():
+                return np.array([one(logits)], np.int32)
+
+        return draw_one
+    rows = sampler.rows_drawer(vocab_size)
+
+    def draw_rows(logits: np.ndarray) -> np.ndarray:
+        with overflow_detected():
+            return rows(logits, np.empty(sampler.batch, np.int32)).copy()
+
+    return draw_rows
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +83,43 @@ def test_same_text_as_the_plain_loop(
         if name == "fast":
             got = session.sample(300, temperature, top_k, top_p, rng, stop, on_text)
             assert streamed == got  # the stream is the text, without any part of `stop`
+            h = session.h
         else:
-            got = reference_sample(session, 300, temperature, top_k, top_p, rng, stop)
+            assert session.logits is not None
+            got, _, h, _ = reference.sample(
+                generator.backend, generator.vocab, session.logits, session.h, session.c,
+                300, rng, temperature, top_k, top_p, stop,
+            )  # fmt: skip
         # The random stream and the LSTM state end where the reference leaves them.
-        texts[name] = (got, rng.random(), session.h.copy())
+        texts[name] = (got, rng.random(), h.copy())
     fast, ref = texts["fast"], texts["reference"]
     assert fast[0] == ref[0]
     assert fast[1] == ref[1]
     np.testing.assert_array_equal(fast[2], ref[2])
     if stop and stop != "\x00never" and batch > 1:
         assert any(len(t) < 300 for t in fast[0])  # the stop string was exercised
+
+
+@pytest.mark.parametrize(
+    ("prompt", "kwargs"),
+    [
+        ("ROMEO:", {"temperature": 0.8, "seed": 1}),
+        ("", {"temperature": 0.0}),
+        (
+            "JULIET:\n",
+            {"temperature": 1.1, "top_p": 0.9, "seed": 2, "num_samples": 3, "stop": "\n"},
+        ),
+        ("KING", {"temperature": 0.5, "top_k": 8, "seed": 3, "num_samples": 2}),
+    ],
+)
+def test_generate_is_the_reference_generate(
+    generator: Generator, prompt: str, kwargs: dict[str, Any]
+) -> None:
+    fast = generator.generate(prompt, length=200, **kwargs).texts
+    plain = reference.generate(
+        generator.backend, generator.vocab, generator.shape, prompt, 200, **kwargs
+    )
+    assert fast == plain
 
 
 def test_sampler_matches_sample_next_over_many_draws() -> None:
@@ -118,7 +138,8 @@ def test_sampler_matches_sample_next_over_many_draws() -> None:
         logits = (rng.standard_normal((400, batch, 65)) * 4).astype(np.float32)
         fast_rng, ref_rng = np.random.default_rng(1), np.random.default_rng(1)
         sampler = Sampler(batch, temperature, rng=fast_rng, block=64)
-        fast = np.stack([sampler.draw(step).copy() for step in logits])
+        draw = drawer(sampler, 65)
+        fast = np.stack([draw(step) for step in logits])
         sampler.close()
         ref = np.stack([sample_next(step, ref_rng, temperature) for step in logits])
         np.testing.assert_array_equal(fast, ref)
@@ -138,7 +159,7 @@ class _GivenUniforms:
 
 
 def _float64_draw(logits: np.ndarray, temperature: float, u: float) -> int:
-    """The float64 arithmetic the float32 draw must reproduce (Sampler._float64_row_drawer)."""
+    """The float64 arithmetic the float32 draw must reproduce (sampling.Float64Draw)."""
     sums = np.add.accumulate(np.exp(logits.astype(np.float64) / temperature))
     return int(np.searchsorted(sums, u * sums[-1], side="left"))
 
@@ -158,7 +179,8 @@ def test_float32_draws_are_kept_only_far_from_a_boundary(batch: int, temperature
     for uniforms, redrawn in ((near, True), (far, False)):
         rows = np.resize(np.asarray(uniforms), (-(-len(uniforms) // batch), batch))  # repeats
         sampler = Sampler(batch, temperature, rng=_GivenUniforms(rows), block=len(rows))
-        drawn = np.stack([sampler.draw(np.tile(logits, (batch, 1))).copy() for _ in rows])
+        draw = drawer(sampler, 65)
+        drawn = np.stack([draw(np.tile(logits, (batch, 1))) for _ in rows])
         expected = [[_float64_draw(logits, temperature, u) for u in row] for row in rows]
         np.testing.assert_array_equal(drawn, expected)
         assert sampler.float64_draws == (rows.size if redrawn else 0)
@@ -168,8 +190,9 @@ def test_sampler_close_rewinds_unused_uniforms() -> None:
     rng, expected = np.random.default_rng(3), np.random.default_rng(3)
     sampler = Sampler(2, 1.0, rng=rng, block=100)
     logits = np.zeros((2, 5), np.float32)
+    draw = drawer(sampler, 5)
     for _ in range(7):
-        sampler.draw(logits)
+        draw(logits)
     sampler.close()
     expected.random((7, 2))
     assert rng.random() == expected.random()

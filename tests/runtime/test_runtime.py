@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from toolkit.errors import ModelFileError, UsageError
+from toolkit.files import sha256_bytes
 from toolkit.runtime import load
-from toolkit.runtime.backends import ArrayStepper, OnnxBoundStepper, make_stepper
+from toolkit.runtime.backends.onnx import OnnxBoundStepper
+from toolkit.runtime.step import ArrayStepper, make_stepper
 
 RUNTIMES = ("onnx", "tflite", "numpy")
 
@@ -234,7 +236,6 @@ def test_checksum_mismatch_is_refused(model_copy: Path) -> None:
 )
 def test_truncated_file_with_matching_manifest(model_copy: Path, runtime: str, file: str) -> None:
     """A truncated file whose checksum was (wrongly) updated still fails with one clear line."""
-    from toolkit.runtime.manifest import sha256_bytes
 
     path = model_copy / file
     data = path.read_bytes()[: len(path.read_bytes()) // 3]
@@ -292,6 +293,36 @@ def test_missing_default_model_names_the_commands(tmp_path: Path, monkeypatch) -
         generator.default_model_dir("onnx")
     with pytest.raises(ModelFileError, match="toolkit train"):
         load(None, runtime="keras")
+
+
+def test_numpy_reads_the_onnx_weights_without_weights_npz(
+    model_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    del manifest["artifacts"]["weights.npz"]
+    (model_copy / "weights.npz").unlink()
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    gen = load(model_copy, runtime="numpy")
+    assert gen.variant == "fp32"
+    onnx = load(model_copy, runtime="onnx")
+    for kwargs in ({"temperature": 0}, {"temperature": 0.9, "seed": 4, "num_samples": 2}):
+        assert (
+            gen.generate("ROMEO:", length=60, **kwargs).texts
+            == onnx.generate("ROMEO:", length=60, **kwargs).texts
+        )
+    # Weights that do not reproduce the graph (misread) are refused.
+    import toolkit.runtime.backends.numpy as numpy_backend
+
+    read = numpy_backend.weights_from_onnx
+
+    def misread(data: bytes, layers: int) -> dict[str, np.ndarray]:
+        weights = read(data, layers)
+        weights["dense_bias"] = weights["dense_bias"] + 0.5
+        return weights
+
+    monkeypatch.setattr(numpy_backend, "weights_from_onnx", misread)
+    with pytest.raises(ModelFileError, match="do not reproduce"):
+        load(model_copy, runtime="numpy")
 
 
 def test_auto_variant_picks_most_precise(tiny_export: Path, model_copy: Path) -> None:

@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from toolkit.errors import UsageError
 from toolkit.runtime.sampling import (
-    check_sampling_args,
+    SamplingOptions,
     next_token_probs,
     sample_next,
     softmax,
@@ -106,4 +106,4 @@ def test_sampling_matches_distribution() -> None:
 )
 def test_bad_sampling_args(temperature, top_k, top_p, message) -> None:
     with pytest.raises(UsageError, match=message):
-        check_sampling_args(temperature, top_k, top_p)
+        SamplingOptions(temperature, top_k, top_p)

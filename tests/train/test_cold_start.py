@@ -6,18 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.cold_start import (
+from toolkit.data.corpus import split_corpus
+from toolkit.runtime import load
+from toolkit.train.cold_start import (
     common_line_starts,
     corpus_words,
     is_degenerate,
     line_start_windows,
     measure,
 )
-from toolkit.data import split_corpus
-from toolkit.runtime import load
 from toolkit.vocabulary import Vocabulary
 
-MODEL = Path(__file__).resolve().parents[1] / "exported" / "shakespeare"
+MODEL = Path(__file__).resolve().parents[2] / "exported" / "shakespeare"
 
 
 def test_windows_begin_at_line_starts() -> None:

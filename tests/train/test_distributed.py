@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.distributed import Cluster, free_ports
+from toolkit.train.distributed import Cluster, free_ports
 
 TINY = ["--preset", "tiny", "--precision", "fp32", "--no-progress", "--no-sample"]
 

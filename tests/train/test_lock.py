@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import RunDirError
-from toolkit.lock import RunDirLock
+from toolkit.train.lock import RunDirLock
 
 
 def _toolkit(*args: str) -> list[str]:

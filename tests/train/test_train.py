@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from toolkit.config import TrainConfig, preset
+from toolkit.data.batches import epoch_batches
 from toolkit.errors import DataError, RunDirError, UsageError
-from toolkit.train import check_run_dir, epoch_batches, learning_rate_at, resolve_resume_config
+from toolkit.train.run_dir import check_run_dir, resolve_resume_config
+from toolkit.train.trainer import learning_rate_at
 
 
 def test_tiny_run_directory_is_complete(tiny_run: Path) -> None:
@@ -94,7 +96,7 @@ def test_invalid_config_values() -> None:
 
 
 def test_existing_run_dir_and_short_corpus(tiny_run: Path, tmp_path: Path, tiny_config) -> None:
-    from toolkit.train import train
+    from toolkit.train.loop import train
 
     before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")}
     with pytest.raises(RunDirError, match="already exists"):
@@ -108,7 +110,7 @@ def test_existing_run_dir_and_short_corpus(tiny_run: Path, tmp_path: Path, tiny_
 
 
 def test_seed_gives_same_result(small_corpus: Path, tmp_path: Path) -> None:
-    from toolkit.train import train
+    from toolkit.train.loop import train
 
     cfg = dataclasses.replace(preset("tiny"), epochs=1, sample_every_epoch=False)
     a = train(cfg, tmp_path / "a", data=small_corpus, log=lambda _: None, progress_bar=False)
@@ -191,8 +193,8 @@ def test_both_precisions_export_float32_graphs_that_match_keras(
     """bf16 training (mixed_bfloat16) still exports graphs equal to the Keras model in fp32."""
     import dataclasses
 
-    from toolkit.export import export_run
-    from toolkit.train import train
+    from toolkit.export.exporter import export_run
+    from toolkit.train.loop import train
 
     config = dataclasses.replace(tiny_config, epochs=1, precision=precision)
     run = tmp_path / "run"
@@ -205,7 +207,8 @@ def test_both_precisions_export_float32_graphs_that_match_keras(
 
 
 def test_auto_precision_follows_the_cpu() -> None:
-    from toolkit.config import cpu_has_bf16, resolve_precision
+    from toolkit.config import resolve_precision
+    from toolkit.machine import cpu_has_bf16
 
     assert resolve_precision("auto") == ("bf16" if cpu_has_bf16() else "fp32")
     assert resolve_precision("fp32") == "fp32"
@@ -214,7 +217,7 @@ def test_auto_precision_follows_the_cpu() -> None:
 def test_weight_decay_shrinks_kernels_and_embeddings_not_biases(tiny_config) -> None:
     import dataclasses
 
-    from toolkit.trainer import Trainer
+    from toolkit.train.trainer import Trainer
 
     config = dataclasses.replace(tiny_config, weight_decay=0.5, learning_rate=0.1)
     trainer = Trainer(config, vocab_size=12)

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from toolkit.errors import UsageError, WebError
+from toolkit.files import sha256_bytes
 from toolkit.runtime import load
-from toolkit.runtime.manifest import sha256_bytes
-from toolkit.web import ORT_FILES, SiteServer, build_site
+from toolkit.web.site import ORT_FILES, SiteServer, build_site
 
-MODEL = Path(__file__).resolve().parents[1] / "exported" / "shakespeare"
+MODEL = Path(__file__).resolve().parents[2] / "exported" / "shakespeare"
 PROMPTS = ("ROMEO:", "JULIET:")
 GREEDY_CHARS = 300
 INT8_LOGIT_TOLERANCE = 0.15  # wasm against native int8 logits: measured up to 0.06
@@ -103,7 +103,7 @@ def test_server_serves_modules_and_wasm_with_their_types(site: Path) -> None:
 
 
 def _need_chromium() -> None:
-    from toolkit.browser import find_chromium
+    from toolkit.web.browser import find_chromium
 
     if find_chromium() is None:
         if os.environ.get("CI"):
@@ -120,7 +120,7 @@ def server(site: Path) -> Iterator[SiteServer]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     _need_chromium()
-    from toolkit.browser import launch_browser
+    from toolkit.web.browser import launch_browser
 
     with launch_browser() as browser:
         yield browser
@@ -128,7 +128,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module", params=["fp32", "int8"])
 def page(request: pytest.FixtureRequest, server: SiteServer, browser: Any) -> Iterator[Any]:
-    from toolkit.browser import open_page, wait_ready
+    from toolkit.web.browser import open_page, wait_ready
 
     with open_page(f"{server.url}?variant={request.param}", browser) as page:
         info = wait_ready(page)
@@ -142,7 +142,7 @@ def page(request: pytest.FixtureRequest, server: SiteServer, browser: Any) -> It
 def test_the_browser_computes_the_python_runtime_logits_and_greedy_text(
     page: Any, prompt: str
 ) -> None:
-    from toolkit.browser import generate_in_page, logits_in_page
+    from toolkit.web.browser import generate_in_page, logits_in_page
 
     in_browser = generate_in_page(page, prompt=prompt, length=GREEDY_CHARS, temperature=0)
     native = load(MODEL, runtime="onnx", variant=page.variant)
@@ -177,7 +177,7 @@ def test_the_browser_computes_the_python_runtime_logits_and_greedy_text(
 
 
 def test_page_api_sampling_options_and_errors(page: Any) -> None:
-    from toolkit.browser import generate_in_page
+    from toolkit.web.browser import generate_in_page
 
     a = generate_in_page(page, prompt="KING:", length=80, temperature=0.8, topK=5, seed=3)
     b = generate_in_page(page, prompt="KING:", length=80, temperature=0.8, topK=5, seed=3)
@@ -200,7 +200,7 @@ def test_page_api_sampling_options_and_errors(page: Any) -> None:
 def test_the_page_streams_stops_and_continues(
     server: SiteServer, browser: Any, tmp_path: Path
 ) -> None:
-    from toolkit.browser import open_page, wait_ready
+    from toolkit.web.browser import open_page, wait_ready
 
     with open_page(server.url, browser) as page:
         wait_ready(page)
@@ -241,7 +241,7 @@ def _use_the_page(page: Any, tmp_path: Path) -> None:
 def test_a_corrupted_model_is_refused_with_a_message(
     site: Path, browser: Any, tmp_path: Path
 ) -> None:
-    from toolkit.browser import open_page, wait_ready
+    from toolkit.web.browser import open_page, wait_ready
 
     broken = tmp_path / "site"
     shutil.copytree(site, broken)

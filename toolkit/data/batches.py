@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.config import TrainConfig
-from toolkit.data import default_cache_dir, load_corpus, split_corpus
+from toolkit.data.corpus import load_corpus, split_corpus
+from toolkit.data.prepare import is_prepared, open_prepared, prepare, source_files
 from toolkit.errors import DataError
+from toolkit.files import cache_dir
 from toolkit.vocabulary import Vocabulary
 
 # Corpus statistics (cold-start prompts, known words) read at most this much text.
@@ -43,8 +45,6 @@ def open_training_data(
     log: Callable[[str], None] = print,
 ) -> TrainingData:
     """The corpus as token ids, split; `val_chars` caps the validation text (from its start)."""
-    from toolkit.prepare import is_prepared, open_prepared
-
     if data is None:  # the bundled tiny Shakespeare: small enough to hold in memory
         text = load_corpus(None)
         vocab = Vocabulary.from_text(text)
@@ -71,13 +71,11 @@ def open_training_data(
 
 def _prepared_cache(source: Path, val_fraction: float, log: Callable[[str], None]) -> Path:
     """Raw text is prepared once into the cache, keyed by its files' paths, sizes and mtimes."""
-    from toolkit.prepare import is_prepared, prepare, source_files
-
     files = source_files(source)
     key = json.dumps(
         [val_fraction] + [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     )
-    folder = default_cache_dir() / "prepared" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = cache_dir() / "prepared" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not is_prepared(folder):
         log(f"preparing {source} into {folder} (once; `toolkit prepare` does it explicitly)")
         prepare(source, folder, val_fraction, force=True, log=lambda _: None)

@@ -1,7 +1,5 @@
-"""Corpus loading, the character vocabulary, the train/validation split, and the download.
-
-No TensorFlow here: the tf.data pipeline lives in train.py.
-"""
+"""The training text: the bundled corpus, a UTF-8 file or a folder, the train/validation
+split, and the verified download of the public copy."""
 
 from __future__ import annotations
 
@@ -17,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import DataError, DownloadError, storage_error
+from toolkit.errors import DataError, DownloadError
+from toolkit.files import cache_dir, sha256_file
 
 SHAKESPEARE_URL = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -26,7 +25,7 @@ BUNDLED_CORPUS = "tinyshakespeare.txt.gz"
 
 def bundled_corpus_text() -> str:
     """The tiny Shakespeare corpus shipped inside the package (works offline)."""
-    blob = resources.files("toolkit.corpus").joinpath(BUNDLED_CORPUS).read_bytes()
+    blob = resources.files("toolkit.data").joinpath(BUNDLED_CORPUS).read_bytes()
     return gzip.decompress(blob).decode("utf-8")
 
 
@@ -69,52 +68,6 @@ def split_corpus(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.n
     return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file,
-    and a failed write (a full disk) leaves the previous file as it was."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise storage_error(exc, path) from None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise storage_error(exc, path) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "char-lstm-toolkit"
-
-
 def download_corpus(
     url: str = SHAKESPEARE_URL,
     sha256: str | None = SHAKESPEARE_SHA256,
@@ -125,7 +78,7 @@ def download_corpus(
 
     An existing file with the right checksum is reused. On any failure nothing is left behind.
     """
-    dest = dest or default_cache_dir() / "shakespeare.txt"
+    dest = dest or cache_dir() / "shakespeare.txt"
     if dest.exists() and (sha256 is None or sha256_file(dest) == sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

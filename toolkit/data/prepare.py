@@ -35,8 +35,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from toolkit.data import bundled_corpus_text, storage_error
-from toolkit.errors import DataError, UsageError
+from toolkit.data.corpus import bundled_corpus_text
+from toolkit.errors import DataError, UsageError, storage_error
 from toolkit.vocabulary import Vocabulary
 
 FORMAT_VERSION = 1

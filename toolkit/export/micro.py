@@ -10,21 +10,29 @@
     emit      model_data.cc / model_data.h: the flatbuffer as an aligned array, with the
               input/output order, quantization, vocabulary and arena size in the header
 
-Called by export.py for `--quantize full-int8`; imports TensorFlow only to convert.
+The `full-int8` target of exporter.py; imports TensorFlow only to convert.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from toolkit.config import ModelConfig
-from toolkit.errors import ExportError, UsageError
-from toolkit.runtime.backends import NumpyBackend, first_line
+from toolkit.errors import ExportError, UsageError, first_line
+from toolkit.export import tflite
+from toolkit.export.step_graph import make_step_module
+from toolkit.files import sha256_bytes
+from toolkit.logs import import_tensorflow, native_stderr_hidden
+from toolkit.runtime.backends.numpy import NumpyBackend
+from toolkit.runtime.backends.tflite import TFLiteBackend
+from toolkit.runtime.backends.tflm import TFLMBackend
+from toolkit.runtime.manifest import artifact_name
+from toolkit.runtime.step import StepBackend
 
 QUANTIZATION = "full-int8"
 CALIBRATION_CHARS = 2048
@@ -32,11 +40,30 @@ CALIBRATION_STREAMS = 8
 # The cell state is clipped to [-CELL_CLIP, CELL_CLIP] in the microcontroller graph (TFLite's
 # own quantized LSTM kernels take a cell_clip too). A few units of a trained model drift to
 # |c| in the hundreds, where tanh(c) is 1 either way; left alone they stretch the int8 scale of
-# c over that range and every other unit loses its precision (quick preset: +8% bits/char;
-# clipped at 8: within 1% when fake-quantized).
+# c over that range and every other unit loses its precision (measured: README, "On a
+# microcontroller").
 CELL_CLIP = 8.0
 C_SYMBOL = "g_char_lstm_model"
 ARENA_ALIGN = 256  # the arena size recorded is rounded up to this
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@dataclass(frozen=True)
+class MicroLimits:
+    max_flash: int | None = None
+    max_arena: int | None = None
+
+    def check(self, flash: int, arena: int) -> None:
+        if self.max_flash is not None and flash > self.max_flash:
+            raise ExportError(
+                f"the model needs {flash:,} bytes of flash, over --max-flash {self.max_flash:,}"
+            )
+        if self.max_arena is not None and arena > self.max_arena:
+            raise ExportError(
+                f"the model needs a {arena:,}-byte tensor arena, over --max-arena {self.max_arena:,}"
+            )
 
 
 # --------------------------------------------------------------------------- calibrate
@@ -81,7 +108,7 @@ def calibration_samples(
 
 def convert_full_int8(module: Any, samples: list[dict[str, np.ndarray]]) -> bytes:
     """Full-integer TFLite of `module.step` (built with batch fixed to 1)."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     concrete = module.step.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
@@ -100,6 +127,46 @@ def convert_full_int8(module: Any, samples: list[dict[str, np.ndarray]]) -> byte
         return bytes(converter.convert())
     except Exception as exc:
         raise ExportError(f"full-integer TFLite conversion failed: {first_line(exc)}") from None
+
+
+def convert(
+    folded: dict[str, np.ndarray],
+    config: ModelConfig,
+    vocab: list[str],
+    calibration_ids: np.ndarray,
+    calibration_chars: int,
+    calibration_data: str,
+    limits: MicroLimits,
+    log: Callable[[str], None],
+) -> tuple[bytes, dict[str, Any], dict[str, bytes]]:
+    """The full-int8 model, its manifest section (`micro`) and its C array files."""
+    samples = calibration_samples(folded, config, calibration_ids, calibration_chars, CELL_CLIP)
+    with native_stderr_hidden():  # the converter prints its settings
+        module = make_step_module(folded, config, batch=1, cell_clip=CELL_CLIP)
+        data = convert_full_int8(module, samples)
+    micro: dict[str, Any] = {
+        "calibration_chars": len(samples),
+        "calibration_data": calibration_data,
+        "cell_clip": CELL_CLIP,
+        **boundary_tensors(data),
+    }
+    micro["arena_bytes"], micro["arena_used_bytes"] = tflm_arena_bytes(data)
+    micro["flash_bytes"] = len(data)
+    micro["ops"] = sorted(tflite.op_types(data))
+    limits.check(len(data), micro["arena_bytes"])
+    files = c_array_files(data, micro, vocab, config, micro["ops"])
+    micro["c_files"] = {f: sha256_bytes(b) for f, b in files.items()}
+    log(
+        f"converted {artifact_name('tflite', QUANTIZATION)}: {len(data):,} bytes of flash, TFLite Micro arena "
+        f"{micro['arena_bytes']:,} bytes, ops {', '.join(micro['ops'])}"
+    )
+    return data, micro, files
+
+
+def backends(data: bytes, micro: dict[str, Any]) -> list[StepBackend]:
+    """LiteRT, then (last: the manifest's `validation`) TensorFlow Lite Micro's interpreter:
+    the device's kernels are TFLM's, not LiteRT's."""
+    return [TFLiteBackend(data, threads=1), TFLMBackend(data, micro)]
 
 
 # --------------------------------------------------------------------------- describe
@@ -267,14 +334,6 @@ const char* const g_char_lstm_vocab[kCharLstmVocabSize] = {{
     return {"model_data.h": header.encode(), "model_data.cc": source.encode()}
 
 
-def parse_c_array(source: str, symbol: str = C_SYMBOL) -> bytes:
-    """The bytes of `symbol`'s initializer in a generated model_data.cc (for round trips)."""
-    match = re.search(rf"{symbol}\[\]\s*=\s*\{{(.*?)\}};", source, re.S)
-    if match is None:
-        raise ExportError(f"no array {symbol} in the C source")
-    return bytes(int(x, 16) for x in re.findall(r"0x([0-9a-fA-F]{2})", match.group(1)))
-
-
 def _comment(lines: list[str]) -> str:
     return "\n".join(f"// {line}" for line in lines)
 
@@ -290,22 +349,3 @@ def _resolver_method(op: str) -> str:
     """TFLite's builtin op name (FULLY_CONNECTED) to the resolver's (AddFullyConnected)."""
     special = {"TANH": "Tanh", "LOGISTIC": "Logistic", "SPLIT_V": "SplitV"}
     return special.get(op, "".join(part.capitalize() for part in op.split("_")))
-
-
-# --------------------------------------------------------------------------- check limits
-
-
-@dataclass(frozen=True)
-class MicroLimits:
-    max_flash: int | None = None
-    max_arena: int | None = None
-
-    def check(self, flash: int, arena: int) -> None:
-        if self.max_flash is not None and flash > self.max_flash:
-            raise ExportError(
-                f"the model needs {flash:,} bytes of flash, over --max-flash {self.max_flash:,}"
-            )
-        if self.max_arena is not None and arena > self.max_arena:
-            raise ExportError(
-                f"the model needs a {arena:,}-byte tensor arena, over --max-arena {self.max_arena:,}"
-            )

@@ -6,9 +6,7 @@ how to use it. Everything comes from manifest.json, so the card never disagrees 
 
 from __future__ import annotations
 
-from typing import Any
-
-from toolkit.runtime.manifest import VARIANTS
+from toolkit.runtime.manifest import Manifest, variant_of
 
 CARD_NAME = "README.md"
 
@@ -27,20 +25,19 @@ def generate_flags(fmt: str, quantization: str) -> str:
     """The `toolkit generate` options that pick this file."""
     if quantization == "full-int8":
         return "--runtime tflm"
-    variant = {q: v for v, q in VARIANTS.items()}[quantization]
-    return f"--runtime {fmt} --variant {variant}"
+    return f"--runtime {fmt} --variant {variant_of(quantization)}"
 
 
-def model_card(manifest: dict[str, Any], folder: str) -> str:
-    m = manifest["model"]
-    source = manifest.get("source", {})
+def model_card(manifest: Manifest, folder: str) -> str:
+    m = manifest.model
+    source = manifest.source
     loss = source.get("best_val_loss")
     bpc = source.get("best_val_bpc")
     lines = [
-        f"# {manifest.get('name', 'model')}: a character-level LSTM, one step per character",
+        f"# {manifest.name}: a character-level LSTM, one step per character",
         "",
-        f"A {m['layers']} × {m['units']} LSTM (embedding {m['embedding_dim']}) over "
-        f"{m['vocab_size']} characters, exported by char-lstm-toolkit as a single-step graph "
+        f"A {m.layers} × {m.units} LSTM (embedding {m.embedding_dim}) over "
+        f"{m.vocab_size} characters, exported by char-lstm-toolkit as a single-step graph "
         "with explicit state: `token` [batch] int32, `h`, `c` [layers, batch, units] float32 → "
         "`logits` [batch, vocab], `h_out`, `c_out`. Start from zeros and feed the state back. "
         "`manifest.json` holds the vocabulary (token id = index), tensor names, shapes and "
@@ -64,20 +61,20 @@ def model_card(manifest: dict[str, Any], folder: str) -> str:
         "| file | format | quantization | size | validation bits/char | against | for |",
         "|---|---|---|---:|---:|---|---|",
     ]
-    for name, entry in manifest["artifacts"].items():
-        v = entry.get("validation") or {}
-        key = (entry["format"], entry["quantization"])
+    for name, entry in manifest.artifacts.items():
+        v = entry.validation or {}
+        key = (entry.format, entry.quantization)
         figure = (
             f"{v['exported_bpc']:.4f} ({(v['bpc_ratio'] - 1) * 100:+.2f}%)"
             if v.get("exported_bpc")
             else "–"
         )
         lines.append(
-            f"| `{name}` | {entry['format']} | {entry['quantization']} | "
-            f"{entry['bytes'] / 1024:,.0f} KiB | {figure} | {v.get('reference', 'Keras') if v else '–'} | "
+            f"| `{name}` | {entry.format} | {entry.quantization} | "
+            f"{entry.bytes / 1024:,.0f} KiB | {figure} | {v.get('reference', 'Keras') if v else '–'} | "
             f"{USES.get(key, '')} |"
         )
-    micro = next((e["micro"] for e in manifest["artifacts"].values() if e.get("micro")), None)
+    micro = next((e.micro for e in manifest.artifacts.values() if e.micro), None)
     lines += [
         "",
         "Validation feeds held-out text through each file, carrying the state, and compares "
@@ -90,11 +87,11 @@ def model_card(manifest: dict[str, Any], folder: str) -> str:
         'pip install "char-lstm-toolkit[onnx]"        # or [tflite], [micro]',
         f'toolkit generate {folder} --prompt "ROMEO:" --temperature 0.8 --length 300',
     ]
-    for name, entry in manifest["artifacts"].items():
-        if entry["quantization"] != "none":
-            flags = generate_flags(entry["format"], entry["quantization"])
+    for name, entry in manifest.artifacts.items():
+        if entry.quantization != "none":
+            flags = generate_flags(entry.format, entry.quantization)
             lines.append(f"toolkit generate {folder} {flags}   # {name}")
-    if any(e["format"] == "onnx" for e in manifest["artifacts"].values()):
+    if any(e.format == "onnx" for e in manifest.artifacts.values()):
         lines.append(f"toolkit web {folder} --serve           # in the browser")
     lines += [
         "```",

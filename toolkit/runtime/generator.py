@@ -1,7 +1,8 @@
 """Text generation on any step backend: warm the state with the prompt, then sample.
 
 `load(model_dir, runtime=...)` gives a `Generator`; `Generator.session()` gives a `Session`
-that keeps its state between calls (feed text, sample more, feed more ...).
+that keeps its state between calls (feed text, sample more, feed more ...). The loops here are
+the fast ones; `toolkit/runtime/reference.py` is the plain loop they are tested against.
 """
 
 from __future__ import annotations
@@ -15,25 +16,47 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import ModelFileError, UsageError
-from toolkit.runtime.backends import (
-    ArrayStepper,
-    StepBackend,
-    Stepper,
-    first_line,
-    load_backend,
-    make_stepper,
-)
-from toolkit.runtime.manifest import VARIANTS, read_manifest, resolve_variant
-from toolkit.runtime.sampling import Sampler, check_sampling_args, overflow_detected
+from toolkit.config import ModelConfig
+from toolkit.errors import ModelFileError, UsageError, first_line
+from toolkit.runtime.backends import RUNTIMES, open_backend
+from toolkit.runtime.manifest import VARIANTS, Manifest
+from toolkit.runtime.sampling import Sampler, SamplingOptions, overflow_detected
+from toolkit.runtime.step import ArrayStepper, StepBackend, Stepper, make_stepper
+from toolkit.runtime.stop import StopMatcher
 from toolkit.vocabulary import Vocabulary
 
-RUNTIMES = ("onnx", "tflite", "tflm", "numpy", "keras")
 DEFAULT_MODEL_NAME = "shakespeare"
-# Fed when the prompt is empty: text starts after a line break, so the model begins a line.
-START_CANDIDATES = ("\n", " ")
 # `sample` runs of at least this many characters use the backend's own stepper.
 OWN_STEPPER_FROM = 16
+UNKNOWN_CHOICES = ("error", "skip")
+
+
+def check_length(length: int) -> None:
+    if length < 0:
+        raise UsageError(f"length must be >= 0, got {length}")
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """What `generate` is asked for; checked when made, so that a command can refuse bad
+    options before it prints anything."""
+
+    length: int = 200
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    num_samples: int = 1
+    stop: str | None = None
+    unknown: str = "error"
+
+    def __post_init__(self) -> None:
+        check_length(self.length)
+        SamplingOptions(self.temperature, self.top_k, self.top_p)
+        if self.num_samples < 1:
+            raise UsageError(f"num-samples must be >= 1, got {self.num_samples}")
+        if self.unknown not in UNKNOWN_CHOICES:
+            raise UsageError(f"--unknown must be 'error' or 'skip', got {self.unknown!r}")
 
 
 @dataclass
@@ -71,7 +94,7 @@ class Session:
     def __init__(self, generator: Generator, batch: int = 1) -> None:
         self.generator = generator
         self.batch = batch
-        shape = (generator.layers, batch, generator.units)
+        shape = generator.shape.state_shape(batch)
         self.h = np.zeros(shape, np.float32)
         self.c = np.zeros(shape, np.float32)
         self.logits: np.ndarray | None = None
@@ -110,8 +133,7 @@ class Session:
         string is tracked by an automaton, and strings are built when streamed (in chunks,
         at most every STREAM_INTERVAL_S) and once at the end.
         """
-        if length < 0:
-            raise UsageError(f"length must be >= 0, got {length}")
+        check_length(length)
         sampler = Sampler(self.batch, temperature, top_k, top_p, rng, block=min(length, 256))
         if self.logits is None:
             self.feed(self.generator.start_text)
@@ -168,9 +190,9 @@ class Session:
     ) -> str:
         """`sample` for one row, with Python ints in the loop instead of [batch] arrays.
 
-        At batch 1 the step of a small int8 model takes ~30 us and every numpy call around it
-        1-2 us, so the bookkeeping (the token list, the stop automaton's state, the stream's
-        clock) stays in plain Python; the tokens and text are the same as `sample`'s (tested).
+        At batch 1 a small int8 model's step costs only some tens of numpy calls, so the
+        bookkeeping (the token list, the stop automaton's state, the stream's clock) stays in
+        plain Python; the tokens and text are the same as `sample`'s (tested).
         """
         assert self.logits is not None
         perf_counter = time.perf_counter
@@ -256,85 +278,38 @@ class _Stream:
         self.on_text(row, self.generator.decode(ids))
 
 
-class StopMatcher:
-    """Finds `stop` in each row's token stream, one token per row per step (no re-scanning).
-
-    A Knuth-Morris-Pratt automaton over token ids: `state[row]` is the length of the longest
-    tail of the row's text that is a start of `stop`, which is also how many characters the
-    stream must hold back (they may turn out to be the stop string). A stop string with a
-    character outside the vocabulary can never appear, but its known prefix is still held back
-    until the text moves past it, as before.
-    """
-
-    def __init__(self, stop: str, chars: list[str], batch: int) -> None:
-        self.length = n = len(stop)
-        # border[k]: the longest proper suffix of stop[:k] that is also a prefix of stop.
-        border = [0] * (n + 1)
-        for k in range(2, n + 1):
-            b = border[k - 1]
-            while b and stop[b] != stop[k - 1]:
-                b = border[b]
-            border[k] = b + 1 if stop[b] == stop[k - 1] else 0
-        # table[state, token]: the longest suffix of stop[:state] + chars[token] that is a
-        # prefix of `stop`. A mismatch falls back to the border's row (the KMP automaton).
-        index = {ch: i for i, ch in enumerate(chars)}
-        table = np.zeros((n + 1, len(chars)), dtype=np.int32)
-        for state in range(n + 1):
-            if state:
-                table[state] = table[border[state]]
-            if state < n and stop[state] in index:
-                table[state, index[stop[state]]] = state + 1
-        self.table = table
-        self.rows = table.tolist()  # Session._sample_one: plain Python indexing, ~10x cheaper
-        # Arrays of rows (`advance`): the state kept as a row offset into the flattened table,
-        # whose entries are offsets too, so one step is an add and a take (no fancy indexing).
-        self._vocab = len(chars)
-        self._flat = (table * self._vocab).ravel()
-        self._offset = np.zeros(batch, dtype=np.int32)
-        self._index = np.zeros(batch, dtype=np.int32)
-        self._hit_offset = n * self._vocab
-        self.hit = np.zeros(batch, dtype=bool)
-
-    @property
-    def state(self) -> np.ndarray:
-        """Per row: how many of the text's last characters may be the start of `stop`."""
-        return self._offset // self._vocab
-
-    def advance(self, tokens: np.ndarray) -> bool:
-        """Feed one token per row; True if some row's text now ends with `stop` (then `hit`
-        says which)."""
-        np.add(self._offset, tokens, self._index)
-        self._flat.take(self._index, None, self._offset)  # np.take's Python wrapper: +2 us
-        if np.maximum.reduce(self._offset) < self._hit_offset:
-            return False
-        self.hit = self._offset == self._hit_offset
-        return True
-
-
 class Generator:
-    """A loaded model (any runtime) plus its vocabulary."""
+    """A loaded model (any runtime) and its vocabulary."""
 
     def __init__(
         self,
         backend: StepBackend,
-        vocab: list[str],
-        layers: int,
-        units: int,
+        vocab: Vocabulary,
+        shape: ModelConfig,
         runtime: str,
         variant: str,
     ) -> None:
         self.backend = backend
-        self.chars = list(vocab)
-        self.vocab = Vocabulary(tuple(vocab))  # the manifest's order: ids are its indices
-        self.index = self.vocab.index
-        self.layers = layers
-        self.units = units
+        self.vocab = vocab  # ids are indices into it
+        self.chars = list(vocab.chars)
+        self.index = vocab.index
+        self.shape = shape
         self.runtime = runtime
         self.variant = variant
-        self.start_text = next((s for s in START_CANDIDATES if s in self.index), self.chars[0])
+        self.start_text = vocab.start_text
+
+    @property
+    def layers(self) -> int:
+        return self.shape.layers
+
+    @property
+    def units(self) -> int:
+        return self.shape.units
 
     def encode(self, text: str, unknown: str = "error") -> list[int]:
-        if unknown not in ("error", "skip"):
+        """Token ids of `text`; characters the model does not know are an error (named), or
+        dropped with unknown="skip"."""
+        if unknown not in UNKNOWN_CHOICES:
             raise UsageError(f"--unknown must be 'error' or 'skip', got {unknown!r}")
         missing = self.vocab.unknown(text)
         if missing and unknown == "error":
@@ -367,14 +342,12 @@ class Generator:
         on_text: Callable[[int, str], None] | None = None,
     ) -> GenerationResult:
         """Warm the state with `prompt`, then sample `num_samples` texts in one batch."""
-        check_sampling_args(temperature, top_k, top_p)
-        if length < 0:
-            raise UsageError(f"length must be >= 0, got {length}")
-        rng = np.random.default_rng(seed)
+        o = GenerationOptions(length, temperature, top_k, top_p, seed, num_samples, stop, unknown)
+        rng = np.random.default_rng(o.seed)
         t0 = time.perf_counter()
-        session = self.session(num_samples)
-        session.feed(prompt if prompt else self.start_text, unknown)
-        texts = session.sample(length, temperature, top_k, top_p, rng, stop, on_text)
+        session = self.session(o.num_samples)
+        session.feed(prompt if prompt else self.start_text, o.unknown)
+        texts = session.sample(o.length, o.temperature, o.top_k, o.top_p, rng, o.stop, on_text)
         elapsed = time.perf_counter() - t0
         return GenerationResult(
             prompt=prompt,
@@ -411,6 +384,17 @@ def default_model_dir(runtime: str = "onnx") -> Path:
     )
 
 
+def check_load_args(runtime: str, variant: str, threads: int) -> None:
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if variant not in (*VARIANTS, "auto"):
+        raise UsageError(f"unknown variant {variant!r}; choose from auto, {', '.join(VARIANTS)}")
+    if runtime == "keras" and variant not in ("fp32", "auto"):
+        raise UsageError("the keras runtime has only the fp32 variant")
+    if threads < 1:
+        raise UsageError(f"threads must be >= 1, got {threads}")
+
+
 def load(
     model_dir: str | Path | None = None,
     runtime: str = "onnx",
@@ -418,53 +402,44 @@ def load(
     threads: int = 1,
 ) -> Generator:
     """Load an exported model folder (or, for runtime='keras', a run directory)."""
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    if variant not in (*VARIANTS, "auto"):
-        raise UsageError(f"unknown variant {variant!r}; choose from auto, {', '.join(VARIANTS)}")
-    if threads < 1:
-        raise UsageError(f"threads must be >= 1, got {threads}")
+    check_load_args(runtime, variant, threads)
     path = Path(model_dir) if model_dir is not None else default_model_dir(runtime)
     if runtime == "keras":
-        if variant not in ("fp32", "auto"):
-            raise UsageError("the keras runtime has only the fp32 variant")
-        from toolkit.keras_runtime import load_keras_generator  # imports TensorFlow
+        from toolkit.runtime.backends.keras import KerasBackend, load_keras_model, read_run
 
-        return load_keras_generator(path)  # variant: fp32
-    manifest = read_manifest(path)
-    variant = resolve_variant(manifest, runtime, variant)
-    backend = load_backend(path, manifest, runtime, VARIANTS[variant], threads)
-    model = manifest["model"]
-    layers, units = int(model["layers"]), int(model["units"])
-    check_backend(backend, manifest["vocab"], layers, units, f"{path} ({runtime} {variant})")
-    return Generator(backend, manifest["vocab"], layers, units, runtime, variant)
+        vocab, shape, _ = read_run(path)
+        return Generator(KerasBackend(load_keras_model(path)), vocab, shape, "keras", "fp32")
+    manifest = Manifest.read(path)
+    variant = manifest.resolve_variant(runtime, variant)
+    backend = open_backend(path, manifest, runtime, VARIANTS[variant], threads)
+    check_backend(backend, manifest, f"{path} ({runtime} {variant})")
+    return Generator(backend, manifest.vocabulary, manifest.model, runtime, variant)
 
 
-def check_backend(
-    backend: StepBackend, vocab: list[str], layers: int, units: int, what: str
-) -> None:
+def check_backend(backend: StepBackend, manifest: Manifest, what: str) -> None:
     """One step from the zero state: the model must agree with the manifest it came with.
 
     A vocabulary shorter than the logits would otherwise fail mid-generation with an
     IndexError, and a wrong state shape deep inside a runtime.
     """
-    h = np.zeros((layers, 1, units), np.float32)
+    shape = manifest.model
+    h = np.zeros(shape.state_shape(1), np.float32)
     try:
         logits, h_out, c_out = backend.step(np.zeros(1, np.int32), h, h.copy())
     except ModelFileError:
         raise
     except Exception as exc:  # each runtime words a shape mismatch its own way
         raise ModelFileError(
-            f"{what}: the model does not take the manifest's state [layers {layers}, batch, "
-            f"units {units}]: {first_line(exc)}"
+            f"{what}: the model does not take the manifest's state [layers {shape.layers}, "
+            f"batch, units {shape.units}]: {first_line(exc)}"
         ) from None
-    if logits.shape != (1, len(vocab)):
+    if logits.shape != (1, len(manifest.vocab)):
         raise ModelFileError(
             f"{what}: the model gives {logits.shape[-1]} logits but the manifest's "
-            f"vocabulary has {len(vocab)} characters"
+            f"vocabulary has {len(manifest.vocab)} characters"
         )
     if h_out.shape != h.shape or c_out.shape != h.shape:
         raise ModelFileError(
             f"{what}: the model returns state {list(h_out.shape)}, the manifest says "
-            f"{[layers, 1, units]}"
+            f"{list(h.shape)}"
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.runtime.backends import StepBackend
+from toolkit.runtime.step import StepBackend
 
 WINDOWS = 256
 WINDOW_CHARS = 64

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from toolkit.data import atomic_write_bytes
+from toolkit.files import atomic_write_bytes
 
 TENSORBOARD_DIR = "tensorboard"
 CURVE_PNG = "curve.png"

@@ -1,12 +1,14 @@
 """Training: stateful truncated BPTT over the corpus, with validation, checkpoints and resume.
 
 Read top to bottom: `train` takes the run directory's lock; `TrainingRun` opens the data and
-the run directory, then `run()` is the loop over epochs and batches. The pieces live beside it:
+the run directory (checking the input before TensorFlow is imported), then `run()` is the
+loop over epochs and batches. The pieces live beside it:
 
     run_dir.py      the run directory's files, checkpoints, what a resume may change
-    batches.py      the corpus as token ids (memory-mapped) and each step's windows
     trainer.py      the model, the optimizer and the compiled step functions
     distributed.py  several workers: TF_CONFIG, the strategy, agreeing on when to stop
+    cold_start.py   quality from the zero state, where every generation starts
+    data/batches.py the corpus as token ids (memory-mapped) and each step's windows
 
 With several workers (TF_CONFIG) every worker runs this same loop on its own streams of the
 batch; the chief (worker 0) alone writes the run directory.
@@ -26,15 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.batches import EpochWindows, epoch_batches, open_training_data
-from toolkit.cold_start import common_line_starts, corpus_words
 from toolkit.config import TrainConfig
-from toolkit.curves import CURVE_PNG, TENSORBOARD_DIR, TensorBoardLog, write_curve
-from toolkit.data import atomic_write_text
-from toolkit.distributed import Cluster, is_collective_failure
+from toolkit.data.batches import EpochWindows, open_training_data
 from toolkit.errors import DataError, RunDirError, storage_error
-from toolkit.run_dir import (
-    check_run_dir,
+from toolkit.files import atomic_write_text
+from toolkit.logs import import_tensorflow
+from toolkit.metrics import bits_per_char
+from toolkit.train.cold_start import common_line_starts, corpus_words
+from toolkit.train.curves import CURVE_PNG, TENSORBOARD_DIR, TensorBoardLog, write_curve
+from toolkit.train.distributed import Cluster, is_collective_failure
+from toolkit.train.lock import RunDirLock
+from toolkit.train.run_dir import (
     iter_metrics,
     load_checkpoint,
     load_run_config,
@@ -42,27 +46,8 @@ from toolkit.run_dir import (
     resolve_resume_config,
     save_checkpoint,
 )
-from toolkit.trainer import (
-    Trainer,
-    bits_per_char,
-    environment,
-    learning_rate_at,
-    zero_state,
-)
+from toolkit.train.trainer import Trainer, environment, learning_rate_at, zero_state
 from toolkit.vocabulary import Vocabulary
-
-__all__ = [  # also importable from here, where they lived before the split
-    "TrainResult",
-    "bits_per_char",
-    "check_run_dir",
-    "epoch_batches",
-    "iter_metrics",
-    "learning_rate_at",
-    "load_run_config",
-    "resolve_resume_config",
-    "train",
-    "zero_state",
-]
 
 
 @dataclass
@@ -90,16 +75,16 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a run. Every file in the run directory is written atomically, and
     no other process may train or export the same directory meanwhile (RunDirLock)."""
-    from toolkit.lock import RunDirLock
-
     cluster = Cluster.from_environment()
-    # The cluster must exist before TensorFlow runs anything (it configures the runtime).
-    strategy = cluster.strategy() if cluster.size > 1 else None
     lock = RunDirLock(Path(run_dir), "resume" if resume else "train", log)
     with lock if cluster.is_chief else contextlib.nullcontext():  # the chief alone writes
+        # The input is checked (and the data opened) before the slow TensorFlow import.
         run = TrainingRun(
             config, Path(run_dir), data, resume, force, overrides or {}, log, command, cluster
         )
+        import_tensorflow()
+        # The cluster must exist before TensorFlow runs anything (it configures the runtime).
+        strategy = cluster.strategy() if cluster.size > 1 else None
         try:
             return run.run(strategy, progress_bar and cluster.is_chief)
         except Exception as exc:

@@ -8,14 +8,14 @@ step one character at a time exactly as the exported graphs do.
 
 from __future__ import annotations
 
-import os
+from toolkit.logs import import_tensorflow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's start-up chatter
+import_tensorflow()  # quietly, before Keras imports it
 
-import keras
-import numpy as np
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
-from toolkit.config import ModelConfig
+from toolkit.config import ModelConfig  # noqa: E402
 
 
 def build_model(config: ModelConfig, dtype_policy: str = "float32") -> keras.Model:
@@ -26,17 +26,6 @@ def build_model(config: ModelConfig, dtype_policy: str = "float32") -> keras.Mod
         return _build(config)
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
-
-
-def float32_model(model: keras.Model, config: ModelConfig) -> keras.Model:
-    """`model` itself if it computes in float32, else a float32 copy with the same weights
-    (a bf16-trained model is validated and exported in float32)."""
-    # The functional Model's own policy stays float32; its layers carry the mixed one.
-    if all(layer.compute_dtype == "float32" for layer in model.layers):
-        return model
-    twin = build_model(config)
-    twin.set_weights(model.get_weights())
-    return twin
 
 
 def _build(config: ModelConfig) -> keras.Model:

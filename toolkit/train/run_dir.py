@@ -1,6 +1,6 @@
 """The run directory: which files make a run, checkpoints, and what a resume may change.
 
-Every file here is written atomically (toolkit.data.atomic_write_*): a reader, or a run
+Every file here is written atomically (toolkit.files.atomic_write_*): a reader, or a run
 killed mid-write, sees the previous file or the new one, never half of one.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from toolkit.config import TrainConfig
-from toolkit.data import atomic_write_bytes
 from toolkit.errors import RunDirError
+from toolkit.files import atomic_write_bytes
 
 RUN_FILES = ("run.json", "config.json", "vocab.json", "model.keras")
 # Options that change the model or the data order; a resumed run must keep them.

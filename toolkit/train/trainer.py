@@ -2,7 +2,7 @@
 
 One process: `train_step` is a tf.function of the forward pass, the loss, clipped gradients and
 an Adam update. Several workers (tf.distribute.MultiWorkerMirroredStrategy, see
-toolkit/distributed.py): the same step runs inside `strategy.run` on each worker's share of
+train/distributed.py): the same step runs inside `strategy.run` on each worker's share of
 the batch, and the gradients are summed across workers before they are clipped, so that the
 update equals the one-process update on the whole batch (tested: tests/test_distributed.py).
 """
@@ -17,19 +17,14 @@ from typing import Any
 import numpy as np
 
 from toolkit import __version__
-from toolkit.cold_start import ColdStart
-from toolkit.cold_start import measure as measure_cold_start
-from toolkit.config import TrainConfig
+from toolkit.config import ModelConfig, TrainConfig
+from toolkit.machine import library_versions
+from toolkit.train.cold_start import ColdStart
+from toolkit.train.cold_start import measure as measure_cold_start
 from toolkit.vocabulary import Vocabulary
 
-LN2 = math.log(2.0)
 
-
-def bits_per_char(nats: float) -> float:
-    return nats / LN2
-
-
-def zero_state(config: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def zero_state(config: ModelConfig, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """Zero LSTM state in the Keras model's layout, [batch, layers, units]."""
     shape = (batch, config.layers, config.units)
     return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
@@ -55,7 +50,7 @@ class Trainer:
         import tensorflow as tf
 
         from toolkit.config import resolve_precision
-        from toolkit.model import build_model
+        from toolkit.train.model import build_model
 
         keras.utils.set_random_seed(config.seed)
         self.config = config
@@ -230,8 +225,9 @@ class Trainer:
         self, vocab: Vocabulary, val_ids: np.ndarray, prompts: list[str], words: set[str]
     ) -> ColdStart:
         """Zero-state quality of the current weights (numpy step: no dropout, no TF calls)."""
-        from toolkit.model import lstm_weights
-        from toolkit.runtime.backends import NumpyBackend, fold_weights
+        from toolkit.runtime.backends.numpy import NumpyBackend
+        from toolkit.runtime.lstm import fold_weights
+        from toolkit.train.model import lstm_weights
 
         cfg = self.model_config
         self.sync_eval_model()
@@ -243,26 +239,19 @@ class Trainer:
 
     def sample(self, vocab: Vocabulary, prompt: str, length: int, seed: int) -> str:
         """A short sample for the per-epoch log: the runtime's sampler on the Keras model."""
-        from toolkit.keras_runtime import KerasBackend
+        from toolkit.runtime.backends.keras import KerasBackend
         from toolkit.runtime.generator import Generator
 
-        cfg = self.model_config
         self.sync_eval_model()
-        generator = Generator(
-            KerasBackend(self.eval_model), list(vocab.chars), cfg.layers, cfg.units, "keras", "fp32"
-        )
+        backend = KerasBackend(self.eval_model)
+        generator = Generator(backend, vocab, self.model_config, "keras", "fp32")
         return prompt + generator.generate(prompt, length, temperature=0.8, seed=seed).texts[0]
 
 
 def environment() -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
     return {
         "toolkit": __version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
+        **library_versions(("tensorflow", "keras", "numpy")),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }

@@ -2,7 +2,7 @@
 
 The site is plain files: the page and its sampler (web/src), onnxruntime-web's wasm build
 (web/node_modules, installed with `npm ci` from the pinned lock file) and the model folder's
-manifest plus its ONNX step graphs. Any static file server can host it; `serve_site` is one
+manifest plus its ONNX step graphs. Any static file server can host it; `SiteServer` is one
 on 127.0.0.1 for trying it out and for the tests. No TensorFlow here.
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from toolkit import __version__
 from toolkit.errors import UsageError, WebError
-from toolkit.runtime.manifest import ARTIFACT_FILES, MANIFEST_NAME, read_manifest, read_verified
+from toolkit.runtime.manifest import ARTIFACT_FILES, MANIFEST_NAME, Manifest, read_verified
 
 # The JS project: page sources, node tests, package.json and its lock file.
-WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 PAGE_FILES = ("index.html", "style.css", "app.js", "generator.js", "sampler.js")
 # The wasm-only build of onnxruntime-web: the 14 MB single-thread-capable SIMD wasm and its
 # loader. The default `ort.min.js` would pull the 28 MB WebGPU/JSEP build instead.
@@ -74,12 +74,12 @@ def ort_dist(
     return dist
 
 
-def site_variants(manifest: dict, variant: str) -> dict[str, str]:
+def site_variants(manifest: Manifest, variant: str) -> dict[str, str]:
     """The page variants to include: every ONNX variant present for 'all', else the one named."""
     present = {
         name: ARTIFACT_FILES[("onnx", quant)]
         for name, quant in SITE_VARIANTS.items()
-        if ARTIFACT_FILES[("onnx", quant)] in manifest["artifacts"]
+        if manifest.has("onnx", quant)
     }
     if variant == "all":
         if not present:
@@ -111,7 +111,7 @@ def build_site(
 ) -> Site:
     """Write the static site for `model_dir` into `out_dir` (built aside, then moved in place)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    manifest = read_manifest(model_dir)
+    manifest = Manifest.read(model_dir)
     variants = site_variants(manifest, variant)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / SITE_MARKER).exists():
@@ -134,19 +134,16 @@ def build_site(
             shutil.copy2(dist / name, staging / "ort" / name)
         (staging / "model").mkdir()
         for file in variants.values():
-            data = read_verified(model_dir, {"file": file, **manifest["artifacts"][file]})
+            data = read_verified(model_dir, manifest.artifacts[file])
             (staging / "model" / file).write_bytes(data)
         # The page reads the whole manifest; it lists only the files that the site carries.
-        site_manifest = {
-            **manifest,
-            "artifacts": {f: manifest["artifacts"][f] for f in variants.values()},
-        }
-        (staging / "model" / MANIFEST_NAME).write_text(
-            json.dumps(site_manifest, indent=2, ensure_ascii=False), encoding="utf-8"
+        site_manifest = manifest.with_artifacts(
+            {f: manifest.artifacts[f] for f in variants.values()}
         )
+        (staging / "model" / MANIFEST_NAME).write_text(site_manifest.to_json(), encoding="utf-8")
         default = "fp32" if "fp32" in variants else next(iter(variants))
         site_info = {
-            "name": manifest.get("name"),
+            "name": manifest.name,
             "variants": variants,
             "default_variant": default,
             "onnxruntime_web": ort_version,

@@ -1,21 +1,22 @@
-"""The `keras` runtime: the trained Keras model stepped with explicit state via model(x).
+"""The `keras` runtime: a run directory's Keras model stepped with explicit state via model(x).
 
-It imports TensorFlow, so it lives outside toolkit/runtime. `model.predict` costs tens of
-milliseconds a call; a direct `model(x)` call is what a step loop should use.
+The one loader of a run's Keras model (export and bench use it too). It imports TensorFlow
+when a model is opened, never at import. `model.predict` costs tens of milliseconds a call;
+a direct `model(x)` call is what a step loop should use.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit.errors import ModelFileError
-from toolkit.runtime.backends import StepOutput
-from toolkit.runtime.generator import Generator
+from toolkit.config import ModelConfig
+from toolkit.errors import ModelFileError, first_line
+from toolkit.runtime.step import StepOutput
+from toolkit.vocabulary import Vocabulary
 
 
 class KerasBackend:
@@ -41,27 +42,52 @@ class KerasBackend:
         return logits, np.ascontiguousarray(h_out), np.ascontiguousarray(c_out)
 
 
-def load_keras_model(run_dir: Path) -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def float32_model(model: Any) -> Any:
+    """`model` itself if every layer computes in float32, else a float32 copy with the same
+    weights (a model trained in bf16 is validated, stepped and exported in float32)."""
+    if all(layer.compute_dtype == "float32" for layer in model.layers):
+        return model
     import keras
 
-    path = run_dir / "model.keras"
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer["config"]["dtype"] = "float32"
+    twin = keras.Model.from_config(config)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def load_keras_model(run_dir: Path) -> Any:
+    """The float32 Keras model of a run directory (model.keras)."""
+    from toolkit.logs import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    path = Path(run_dir) / "model.keras"
     if not path.exists():
         raise ModelFileError(f"no Keras model at {path}; is {run_dir} a run directory?")
     try:
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # keras raises many types for a damaged file
-        raise ModelFileError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
+        raise ModelFileError(f"cannot load {path}: {first_line(exc)}") from None
+    return float32_model(model)
 
 
-def load_keras_generator(run_dir: Path) -> Generator:
+def read_run(run_dir: Path) -> tuple[Vocabulary, ModelConfig, dict[str, Any]]:
+    """A run directory's vocabulary, model shape and run.json."""
+    run_dir = Path(run_dir)
     if not (run_dir / "run.json").exists():
         raise ModelFileError(f"not a run directory (no run.json): {run_dir}")
-    info = json.loads((run_dir / "run.json").read_text())
-    vocab = json.loads((run_dir / "vocab.json").read_text(encoding="utf-8"))
-    m = info["model"]
-    from toolkit.config import ModelConfig
-    from toolkit.model import float32_model
-
-    model = float32_model(load_keras_model(run_dir), ModelConfig(**m))
-    return Generator(KerasBackend(model), vocab, int(m["layers"]), int(m["units"]), "keras", "fp32")
+    try:
+        info: dict[str, Any] = json.loads((run_dir / "run.json").read_text())
+        m = info["model"]
+        shape = ModelConfig(
+            vocab_size=int(m["vocab_size"]),
+            embedding_dim=int(m["embedding_dim"]),
+            units=int(m["units"]),
+            layers=int(m["layers"]),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise ModelFileError(f"{run_dir / 'run.json'} is unreadable") from None
+    return Vocabulary.load(run_dir / "vocab.json"), shape, info

@@ -1,0 +1,145 @@
+"""`toolkit train`: the training command, and `--workers N` as N local processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from toolkit.cli.common import choice, command_line, corpus_name
+from toolkit.config import PRECISIONS, PRESETS, preset
+from toolkit.errors import UsageError
+from toolkit.logs import require_tensorflow
+from toolkit.metrics import bits_per_char
+
+
+def train(
+    preset_name: Annotated[
+        str, typer.Option("--preset", help="see the README's table", **choice(PRESETS))
+    ] = "default",
+    data: Annotated[
+        Path | None, typer.Option(help="UTF-8 text file or folder of .txt (default: bundled)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<corpus>)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing run directory")] = False,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="wall-clock training budget")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    seq_length: Annotated[int | None, typer.Option()] = None,
+    embedding_dim: Annotated[int | None, typer.Option()] = None,
+    units: Annotated[int | None, typer.Option()] = None,
+    layers: Annotated[int | None, typer.Option()] = None,
+    dropout: Annotated[float | None, typer.Option()] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="decoupled weight decay (AdamW-style), 0 = off")
+    ] = None,
+    val_fraction: Annotated[float | None, typer.Option()] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="training compute: auto = bf16 where the CPU has it", **choice(PRECISIONS)
+        ),
+    ] = "auto",
+    reset_prob: Annotated[
+        float | None,
+        typer.Option(help="chance a stream's state is zeroed at a window border (cold starts)"),
+    ] = None,
+    val_chars: Annotated[
+        int | None, typer.Option(help="validate on at most this many characters (default: all)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[
+        int, typer.Option(help="train on N local worker processes (tf.distribute)")
+    ] = 1,
+    sample: Annotated[bool, typer.Option(help="print a short sample after each epoch")] = True,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train the model (bundled Shakespeare by default); resumable and atomic."""
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "epochs": epochs,
+            "max_minutes": max_minutes,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "seq_length": seq_length,
+            "embedding_dim": embedding_dim,
+            "units": units,
+            "layers": layers,
+            "dropout": dropout,
+            "weight_decay": weight_decay,
+            "val_fraction": val_fraction,
+            "reset_prob": reset_prob,
+            "val_chars": val_chars,
+            "precision": None if precision == "auto" else precision,
+            "seed": seed,
+        }.items()
+        if v is not None
+    }
+    if not sample:
+        overrides["sample_every_epoch"] = False
+    config = dataclasses.replace(preset(preset_name), **overrides)  # checked by the run
+    if resume is not None:
+        if out is not None and out != resume:
+            raise UsageError("give the run directory once: --resume RUN_DIR (without --out)")
+        run_dir = resume
+    else:
+        run_dir = out or Path("runs") / ("shakespeare" if data is None else corpus_name(data))
+    if workers < 1:
+        raise UsageError(f"workers must be >= 1, got {workers}")
+    require_tensorflow()  # a one-line error now, not after the corpus was read
+    if workers > 1:
+        _launch_workers(workers, config.batch_size)
+        return
+
+    from toolkit.train.loop import train as train_run  # TensorFlow is imported in there
+
+    result = train_run(
+        config,
+        run_dir,
+        data=data,
+        resume=resume is not None,
+        force=force,
+        overrides=overrides,
+        command=command_line(),
+        log=typer.echo,
+        progress_bar=progress and sys.stderr.isatty(),
+    )
+    best = (
+        "no validation yet"
+        if math.isnan(result.best_val_loss)
+        else f"best val loss {result.best_val_loss:.4f} nats "
+        f"({bits_per_char(result.best_val_loss):.3f} bits/char)"
+    )
+    typer.echo(
+        f"{'stopped' if result.interrupted else 'done'}: {result.steps} steps, "
+        f"{result.epochs_done:.2f} epochs in {result.elapsed_s:.0f}s "
+        f"({result.chars_per_sec:,.0f} chars/s); {best} -> {result.run_dir}"
+    )
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def _launch_workers(workers: int, batch_size: int) -> None:
+    """`--workers N`: the same command as N local worker processes (TF_CONFIG on 127.0.0.1)."""
+    from toolkit.train.distributed import launch_local_workers
+
+    if batch_size % workers:
+        raise UsageError(f"batch-size {batch_size} does not divide over {workers} workers")
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # this command line without --workers
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            args.append(arg)
+    code = launch_local_workers(workers, args, echo=typer.echo)
+    if code:
+        raise typer.Exit(code)

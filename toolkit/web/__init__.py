@@ -1,0 +1,2 @@
+"""The browser target: the exported model as a static site (`toolkit web`), and headless
+Chromium for its tests and benchmark."""
