@@ -45,7 +45,7 @@ web-test: web/node_modules/.package-lock.json
 	cd web && npm run lint --silent && npm test --silent
 
 test: lint web-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # The committed model as a web page: http://127.0.0.1:8000/
 site: setup web/node_modules/.package-lock.json

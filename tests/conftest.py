@@ -1,17 +1,24 @@
-"""Shared fixtures. TensorFlow is imported once per session; models are tiny."""
+"""Shared fixtures. Models are tiny, and built once per test run: under pytest-xdist
+(`make test` runs two workers) the first worker to need one trains or exports it in a folder
+every worker shares, and each worker works on its own copy."""
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from toolkit.logs import quiet_tensorflow_env
+
+quiet_tensorflow_env()
 # Raw corpora are prepared into the user cache on first use: keep the tests' copies out of it.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="toolkit-tests-cache-")
 
@@ -33,40 +40,81 @@ def shakespeare_text() -> str:
     return bundled_corpus_text()
 
 
-@pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory: pytest.TempPathFactory, shakespeare_text: str) -> Path:
-    """20,000 characters of Shakespeare: enough for a tiny model, seconds to train."""
-    path = tmp_path_factory.mktemp("corpus") / "small.txt"
-    path.write_text(shakespeare_text[:20_000], encoding="utf-8")
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """`build(path)` once per test run, in a folder all xdist workers share (a file lock
+    makes the others wait for the first); the path of what it built."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built-once"
+    shared.mkdir(exist_ok=True)
+    path, done = shared / name, shared / f".{name}.done"
+    with open(shared / f".{name}.building", "w") as lock:  # not .NAME.lock: RunDirLock's
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            build(path)
+            done.touch()
     return path
 
 
+def own_copy(tmp_path_factory: pytest.TempPathFactory, built: Path, kind: str) -> Path:
+    """This worker's copy of a shared folder (tests may lock, export or change it)."""
+    copy = tmp_path_factory.mktemp(kind) / built.name
+    shutil.copytree(built, copy)
+    return copy
+
+
 @pytest.fixture(scope="session")
-def tiny_config():
+def small_corpus(tmp_path_factory: pytest.TempPathFactory, shakespeare_text: str) -> Path:
+    """20,000 characters of Shakespeare: enough for a tiny model, seconds to train."""
+
+    def write(folder: Path) -> None:
+        folder.mkdir()
+        (folder / "small.txt").write_text(shakespeare_text[:20_000], encoding="utf-8")
+
+    return built_once(tmp_path_factory, "corpus", write) / "small.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Any:
     from toolkit.config import preset
 
     return dataclasses.replace(preset("tiny"), epochs=2, sample_length=20)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path, tiny_config) -> Path:
+def shared_tiny_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path, config: Any) -> Path:
     from toolkit.train.loop import train
 
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train(tiny_config, run_dir, data=small_corpus, log=lambda _: None, progress_bar=False)
-    return run_dir
+    def build(run_dir: Path) -> None:
+        train(config, run_dir, data=corpus, log=lambda _: None, progress_bar=False)
+
+    return built_once(tmp_path_factory, "tiny-run", build)
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
-    """Every format and quantization of the tiny model, validated."""
+def tiny_run(
+    tmp_path_factory: pytest.TempPathFactory, small_corpus: Path, tiny_config: Any
+) -> Path:
+    shared = shared_tiny_run(tmp_path_factory, small_corpus, tiny_config)
+    return own_copy(tmp_path_factory, shared, "runs")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(
+    tmp_path_factory: pytest.TempPathFactory, small_corpus: Path, tiny_config: Any
+) -> Path:
+    """Every format and quantization of the tiny model (tiny_run's weights), validated."""
     from toolkit.export.exporter import export_run
 
-    out = tmp_path_factory.mktemp("exported") / "tiny"
-    export_run(
-        tiny_run, out, formats=["tflite", "onnx", "numpy"], quantization="all", log=lambda _: None
+    def build(out: Path) -> None:
+        run = shared_tiny_run(tmp_path_factory, small_corpus, tiny_config)
+        export_run(
+            run, out, formats=["tflite", "onnx", "numpy"], quantization="all", log=lambda _: None
+        )
+
+    return own_copy(
+        tmp_path_factory, built_once(tmp_path_factory, "tiny-export", build), "exported"
     )
-    return out
 
 
 def parse_c_array(source: str, symbol: str = "g_char_lstm_model") -> bytes:

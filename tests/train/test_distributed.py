@@ -91,10 +91,13 @@ def test_cluster_from_tf_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Cluster.from_environment().size == 1
 
 
-def test_killed_worker_stops_the_other_and_resume_continues(tmp_path: Path) -> None:
+def test_killed_worker_stops_the_other_and_resume_continues(
+    tmp_path: Path, small_corpus: Path
+) -> None:
     run = tmp_path / "run"
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    args = ["train", *TINY, "--out", str(run)]  # bundled Shakespeare: ~2,000 steps
+    # Far more epochs than it will run: the kill comes first, and the resume ends one epoch on.
+    args = ["train", *TINY, "--data", str(small_corpus), "--epochs", "1000", "--out", str(run)]
     env = {**os.environ, "TOOLKIT_CHECKPOINT_SECONDS": "1", "TOOLKIT_HEALTH_CHECK_S": "5"}
     procs = []
     for index in range(2):
@@ -124,17 +127,19 @@ def test_killed_worker_stops_the_other_and_resume_continues(tmp_path: Path) -> N
     assert len(lines) == 1 and "lost worker 1" in lines[0] and "--resume" in lines[0], err
     assert "Traceback" not in err
     assert stopped_after < 60
-    assert json.loads((run / "run.json").read_text())["status"] == "lost-worker"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "lost-worker"
     assert not list(run.rglob("*.tmp*")), "half-written files left behind"
-    steps_before = json.loads((run / "run.json").read_text())["steps"]
+    steps_before, epoch = info["steps"], int(info["epochs_done"])
 
-    proc = toolkit(["train", "--resume", str(run), "--workers", "2", "--no-progress"],
-                   env={"TOOLKIT_CHECKPOINT_SECONDS": "1"})  # fmt: skip
+    proc = toolkit(["train", "--resume", str(run), "--workers", "2", "--no-progress",
+                    "--epochs", str(epoch + 1)],
+                   env={"TOOLKIT_CHECKPOINT_SECONDS": "1", "TOOLKIT_HEALTH_CHECK_S": "5"})  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resuming" in proc.stdout
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["steps"] > steps_before
-    assert info["epochs_done"] == pytest.approx(1.0)
+    assert info["epochs_done"] == pytest.approx(epoch + 1)
 
 
 def test_ctrl_c_stops_every_local_worker(tmp_path: Path) -> None:
