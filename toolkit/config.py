@@ -56,6 +56,9 @@ class TrainConfig:
     # learning rate; biases are not decayed. A regulariser for small corpora.
     weight_decay: float = 0.0
     jit_compile: bool = False  # XLA for the training step
+    # float32 training runs the hand-written LSTM of toolkit/fused_lstm.py (the same function
+    # and gradients, faster on CPU); False: Keras's LSTM loop, the step of b2a875a.
+    fused_lstm: bool = True
     stateful: bool = True  # carry LSTM state across consecutive windows (char-rnn style)
     # Probability that a stream's carried state is zeroed at a window border. Carried state
     # alone almost never trains the zero state every generation starts from (train/cold_start.py).

@@ -74,13 +74,19 @@ class Trainer:
             self.eval_model = build_model(self.model_config)
         model, optimizer, clip = self.model, self.optimizer, config.clip_norm
         variables = model.trainable_variables
+        # float32: the hand-written LSTM of toolkit/fused_lstm.py, the same function and
+        # gradients as the Keras model's loop, 1.2-1.3x the characters per second on an
+        # AVX2 CPU (benchmarks/reports/train_throughput.md). bf16 keeps the Keras loop.
+        self.fused = config.fused_lstm and policy == "float32"
+        self.forward = self._fused_forward if self.fused else self._keras_forward
 
         if strategy is None:
+            forward = self.forward
 
             @tf.function(jit_compile=config.jit_compile, autograph=False)
             def train_step(x: Any, y: Any, h: Any, c: Any) -> Any:
                 with tf.GradientTape() as tape:
-                    out = model({"tokens": x, "h": h, "c": c}, training=True)
+                    out = forward(x, h, c)
                     loss = tf.reduce_mean(
                         tf.nn.sparse_softmax_cross_entropy_with_logits(
                             labels=y, logits=out["logits"]
@@ -118,9 +124,11 @@ class Trainer:
         optimizer._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
         sum_op = tf.distribute.ReduceOp.SUM
 
+        forward = self.forward
+
         def replica_step(x: Any, y: Any, h: Any, c: Any) -> Any:
             with tf.GradientTape() as tape:
-                out = model({"tokens": x, "h": h, "c": c}, training=True)
+                out = forward(x, h, c)
                 # This worker's share of the whole batch's mean: the shares sum to the mean.
                 loss = (
                     tf.reduce_sum(
@@ -145,6 +153,16 @@ class Trainer:
             return tuple(strategy.experimental_local_results(r)[0] for r in results)
 
         return train_step
+
+    def _keras_forward(self, x: Any, h: Any, c: Any) -> Any:
+        return self.model({"tokens": x, "h": h, "c": c}, training=True)
+
+    def _fused_forward(self, x: Any, h: Any, c: Any) -> Any:
+        from toolkit import fused_lstm
+
+        cfg = self.model_config
+        logits, h_out, c_out = fused_lstm.forward(self.model, cfg.layers, cfg.dropout, x, h, c)
+        return {"logits": logits, "h_out": h_out, "c_out": c_out}
 
     # ----------------------------------------------------------------- across workers
 

@@ -1,0 +1,93 @@
+"""The fused float32 training step (toolkit/fused_lstm.py) computes what the Keras model does."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from toolkit.config import preset
+
+
+def _config(**changes):
+    base = dataclasses.replace(
+        preset("tiny"), units=24, embedding_dim=8, layers=2, seq_length=12, batch_size=6
+    )
+    return dataclasses.replace(base, **{"precision": "fp32", **changes})
+
+
+def _inputs(config, vocab: int = 20, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, vocab, (config.batch_size, config.seq_length)).astype(np.int32)
+    y = rng.integers(0, vocab, (config.batch_size, config.seq_length)).astype(np.int32)
+    shape = (config.batch_size, config.layers, config.units)
+    h = rng.normal(0, 0.5, shape).astype(np.float32)
+    c = rng.normal(0, 0.5, shape).astype(np.float32)
+    return x, y, h, c
+
+
+def test_forward_and_gradients_match_keras() -> None:
+    import tensorflow as tf
+
+    from toolkit.trainer import Trainer
+
+    config = _config(dropout=0.0)
+    trainer = Trainer(config, vocab_size=20)
+    assert trainer.fused
+    x, y, h, c = (tf.constant(a) for a in _inputs(config))
+    variables = trainer.model.trainable_variables
+    results = []
+    for forward in (trainer._keras_forward, trainer._fused_forward):
+        with tf.GradientTape() as tape:
+            out = forward(x, h, c)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=out["logits"])
+            )
+        grads = tape.gradient(loss, variables)
+        results.append((out, grads))
+    (keras_out, keras_grads), (fused_out, fused_grads) = results
+    for key in ("logits", "h_out", "c_out"):
+        np.testing.assert_allclose(fused_out[key], keras_out[key], atol=1e-5, err_msg=key)
+    for var, a, b in zip(variables, keras_grads, fused_grads, strict=True):
+        # The embedding's gradient stays one row per token: the global norm that clipping
+        # uses is Keras's (a dense gradient would sum the rows first, a different norm).
+        assert isinstance(b, tf.IndexedSlices) == isinstance(a, tf.IndexedSlices), var.path
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(b), tf.convert_to_tensor(a), atol=1e-6, err_msg=var.path
+        )
+        assert float(tf.linalg.global_norm([b])) == pytest.approx(
+            float(tf.linalg.global_norm([a])), rel=1e-5
+        )
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_training_steps_match_the_keras_step(dropout: float) -> None:
+    """Same seed, same batches: the fused and the Keras step give the same losses, dropout
+    masks included (the model's own Dropout layers, called in the same order)."""
+    from toolkit.trainer import Trainer
+
+    config = _config(dropout=dropout, weight_decay=0.1, learning_rate=1e-2)
+    fused = Trainer(config, vocab_size=20)
+    keras = Trainer(dataclasses.replace(config, fused_lstm=False), vocab_size=20)
+    assert fused.fused and not keras.fused
+    keras.model.set_weights(fused.model.get_weights())
+    states = [_inputs(config)[2:], _inputs(config)[2:]]
+    for step in range(4):
+        x, y, _, _ = _inputs(config, seed=step + 1)
+        losses = []
+        for k, trainer in enumerate((fused, keras)):
+            loss, h, c = trainer.train_step(x, y, *states[k])
+            states[k] = (h.numpy(), c.numpy())
+            losses.append(float(loss))
+        assert losses[0] == pytest.approx(losses[1], abs=1e-4), step
+    np.testing.assert_allclose(states[0][0], states[1][0], atol=1e-4)
+    for a, b in zip(fused.model.get_weights(), keras.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_bf16_keeps_the_keras_loop() -> None:
+    from toolkit.trainer import Trainer
+
+    assert not Trainer(_config(precision="bf16"), vocab_size=20).fused
+    assert not Trainer(_config(fused_lstm=False), vocab_size=20).fused
