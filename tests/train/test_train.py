@@ -230,3 +230,133 @@ def test_weight_decay_shrinks_kernels_and_embeddings_not_biases(tiny_config) -> 
         np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, atol=1e-7, err_msg=v.path)
     with pytest.raises(UsageError, match="weight-decay"):
         dataclasses.replace(tiny_config, weight_decay=-1.0).validate()
+
+
+# --------------------------------------------------------------------------- step budgets
+
+
+def test_presets_are_defined_by_steps_not_minutes() -> None:
+    for name, steps in (("quick", 1300), ("default", 2100), ("best", 2900)):
+        cfg = preset(name)
+        assert cfg.max_steps == steps and cfg.max_minutes is None, name
+        assert cfg.eval_minutes is None and cfg.eval_steps, name
+
+
+def test_schedule_follows_the_steps_not_the_clock() -> None:
+    from toolkit.train import budget
+
+    cfg = TrainConfig(learning_rate=1e-2, warmup_steps=10, min_lr_ratio=0.1, max_steps=200)
+    n_batches = 1000
+    # Halfway through the steps is halfway through the schedule, however long it took.
+    for elapsed in (1.0, 600.0, 86_400.0):
+        assert budget.progress(cfg, 100, n_batches, elapsed) == pytest.approx(0.5)
+    assert learning_rate_at(cfg, 100, budget.progress(cfg, 100, n_batches, 5.0)) == (
+        pytest.approx(1e-2 * 0.55)
+    )
+    # Without max_steps, the epochs are the budget.
+    epochs = dataclasses.replace(cfg, max_steps=None, epochs=2)
+    assert budget.progress(epochs, 500, n_batches, 1.0) == pytest.approx(0.25)
+    # A --max-minutes cap that binds first sets the schedule, as before.
+    capped = dataclasses.replace(cfg, max_minutes=1.0)
+    assert budget.progress(capped, 10, n_batches, 45.0) == pytest.approx(0.75)
+    assert budget.progress(capped, 150, n_batches, 6.0) == pytest.approx(0.75)
+
+
+def test_validation_points_are_steps() -> None:
+    from toolkit.train import budget
+
+    quick = preset("quick")
+    assert budget.validation_steps(quick, n_batches=490) == [325, 650, 975, 1300]
+    assert budget.validation_steps(quick, n_batches=490, after=650) == [975, 1300]
+    # No eval_steps: every epoch end, and the last step.
+    cfg = dataclasses.replace(quick, eval_steps=None, max_steps=1000)
+    assert budget.validation_steps(cfg, n_batches=300) == [300, 600, 900, 1000]
+    assert budget.total_steps(dataclasses.replace(cfg, max_steps=None, epochs=3), 300) == 900
+    assert budget.duration(42) == "42s" and budget.duration(185) == "3m05s"
+    assert budget.duration(3720) == "1h02m"
+
+
+def _slow_steps(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every training step takes `seconds` longer: a slower machine."""
+    from toolkit.train.trainer import Trainer
+
+    init = Trainer.__init__
+
+    def slow_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        step = self.train_step
+
+        def slow_step(*a):
+            time.sleep(seconds)
+            return step(*a)
+
+        self.train_step = slow_step
+
+    monkeypatch.setattr(Trainer, "__init__", slow_init)
+
+
+def test_step_budget_stops_at_its_count_and_gives_the_same_model_at_any_speed(
+    small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolkit.train import budget, train
+
+    cfg = dataclasses.replace(
+        preset("tiny"), epochs=5, max_steps=23, eval_steps=10, sample_every_epoch=False
+    )
+    lines: list[str] = []
+    fast = train(cfg, tmp_path / "fast", data=small_corpus, log=lines.append, progress_bar=False)
+    _slow_steps(monkeypatch, 0.03)
+    slow = train(cfg, tmp_path / "slow", data=small_corpus, log=lambda _: None, progress_bar=False)
+    assert fast.steps == slow.steps == 23 and fast.epochs_done < 1
+    info = json.loads((tmp_path / "fast" / "run.json").read_text())
+    assert info["steps"] == info["max_steps"] == 23
+    rows = [json.loads(x) for x in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 23]  # every eval_steps, and the end
+    n_batches = round(23 / rows[-1]["epoch"])
+    assert rows[-1]["lr"] == pytest.approx(
+        learning_rate_at(cfg, 22, budget.progress(cfg, 22, n_batches, 0.0)), rel=1e-5
+    )
+    # The clock played no part: the slower run trained the same model.
+    assert slow.best_val_loss == fast.best_val_loss
+    assert any(line.startswith("budget: 23 steps") for line in lines)
+
+
+def test_max_minutes_still_caps_the_run(small_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    from toolkit.train import budget, train
+
+    _slow_steps(monkeypatch, 0.3)
+    cfg = dataclasses.replace(
+        preset("tiny"), epochs=5, max_steps=150, max_minutes=0.15, sample_every_epoch=False
+    )
+    result = train(cfg, tmp_path / "run", data=small_corpus, log=lambda _: None, progress_bar=False)
+    # 9 s of steps of > 0.3 s each (the first also traces): far short of the 150 asked for.
+    assert result.elapsed_s >= 9.0 and 2 <= result.steps < 31
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == result.steps  # validated where the cap stopped it
+    # The clock set the schedule: further along than the steps alone would have it.
+    last = result.steps - 1
+    by_steps = learning_rate_at(cfg, last, budget.progress(cfg, last, 10_000, 0.0))
+    assert rows[-1]["lr"] < by_steps * 0.9
+
+
+def test_eta_line_and_run_json_time_and_cpu(small_corpus: Path, tmp_path: Path) -> None:
+    from toolkit.config import cpu_has_bf16
+    from toolkit.train import train
+
+    cfg = dataclasses.replace(preset("tiny"), epochs=1, max_steps=30, sample_every_epoch=False)
+    lines: list[str] = []
+    train(cfg, tmp_path / "run", data=small_corpus, log=lines.append, progress_bar=False)
+    eta = [line for line in lines if line.startswith("eta: ")]
+    assert len(eta) == 1, lines
+    # Printed after the 10 steps that follow the first (which traces the step function).
+    assert "30 steps at" in eta[0] and "median of steps 2-11" in eta[0]
+    assert "chars/s" in eta[0] and "bf16 instructions: " in eta[0]
+    assert lines.index(eta[0]) < next(i for i, x in enumerate(lines) if x.startswith("epoch "))
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["cpu"]["bf16"] == cpu_has_bf16() and info["cpu"]["cores"] >= 1
+    assert info["cpu"]["name"]
+    spent = info["time"]
+    assert spent["steps"] == pytest.approx(info["elapsed_s"], abs=0.01) and spent["steps"] > 0
+    assert spent["validation"] > 0 and spent["estimated"] > 0
+    # From the process's start: more than the steps and validations together.
+    assert spent["wall"] > spent["steps"] + spent["validation"]

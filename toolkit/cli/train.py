@@ -28,7 +28,14 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing run directory")] = False,
     epochs: Annotated[int | None, typer.Option()] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="wall-clock training budget")] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(help="the run's work in optimizer steps (0: none, epochs or minutes decide)"),
+    ] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(help="cap on the training time; where it binds, the schedule follows it"),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     learning_rate: Annotated[float | None, typer.Option()] = None,
     seq_length: Annotated[int | None, typer.Option()] = None,
@@ -65,6 +72,7 @@ def train(
         k: v
         for k, v in {
             "epochs": epochs,
+            "max_steps": max_steps,
             "max_minutes": max_minutes,
             "batch_size": batch_size,
             "learning_rate": learning_rate,
@@ -84,6 +92,8 @@ def train(
     }
     if not sample:
         overrides["sample_every_epoch"] = False
+    if overrides.get("max_steps") == 0:  # --max-steps 0: no step budget (epochs, minutes)
+        overrides["max_steps"] = None
     config = dataclasses.replace(preset(preset_name), **overrides)  # checked by the run
     if resume is not None:
         if out is not None and out != resume:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -108,6 +109,21 @@ def measure(
     bad = {p: t for p, t in texts.items() if is_degenerate(t, known_words)}
     examples = dict(list(bad.items())[:3] or list(texts.items())[:1])
     return ColdStart(loss, first, len(bad), len(texts), examples)
+
+
+def estimate_seconds(backend: StepBackend, layers: int, units: int, prompts: int) -> float:
+    """About how long `measure` takes on this backend: three of each of its two kinds of
+    step timed (WINDOWS line-start windows, then the greedy starts of `prompts` prompts)."""
+    total = 0.0
+    for batch, steps in ((WINDOWS, WINDOW_CHARS), (max(1, prompts), GREEDY_CHARS + 10)):
+        h = np.zeros((layers, batch, units), np.float32)
+        tokens = np.zeros(batch, np.int32)
+        backend.step(tokens, h, h)
+        started = time.perf_counter()
+        for _ in range(3):
+            backend.step(tokens, h, h)
+        total += (time.perf_counter() - started) / 3 * steps
+    return total
 
 
 def _line_start_loss(

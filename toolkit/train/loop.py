@@ -34,6 +34,7 @@ from toolkit.errors import DataError, RunDirError, storage_error
 from toolkit.files import atomic_write_text
 from toolkit.logs import import_tensorflow
 from toolkit.metrics import bits_per_char
+from toolkit.train import budget
 from toolkit.train.cold_start import common_line_starts, corpus_words
 from toolkit.train.curves import CURVE_PNG, TENSORBOARD_DIR, TensorBoardLog, write_curve
 from toolkit.train.distributed import Cluster, is_collective_failure
@@ -110,6 +111,8 @@ class TrainingRun:
         command: str | None,
         cluster: Cluster,
     ) -> None:
+        # Start-up counts in run.json's wall time: from the process's start where known.
+        self.started = time.monotonic() - (budget.process_age_s() or 0.0)
         self.run_dir, self.resume, self.cluster = run_dir, resume, cluster
         self.chief = cluster.is_chief
         self.log = log if self.chief else (lambda _: None)
@@ -155,12 +158,23 @@ class TrainingRun:
             "step": 0,
             "elapsed_s": 0.0,
             "chars_seen": 0,
+            "validation_s": 0.0,  # validations, cold-start figures and their files
+            "wall_s": 0.0,  # earlier sessions of a resumed run, start-up included
             "best_val_loss": None,
             "last_val_loss": None,
             "h": None,
             "c": None,
         }
         self.n_batches = len(EpochWindows(self.data.train, self.config, 0))
+        self.total_steps = budget.total_steps(self.config, self.n_batches)
+        self.eta_s: float | None = None  # the whole run's, as the first steps predicted it
+        self.wall_before = 0.0
+        # The loop's own progress (train_epoch): steps this session, the last checkpoint's
+        # time, the carried state.
+        self.session_steps = 0
+        self.last_ckpt = time.monotonic()
+        self.h: Any = None
+        self.c: Any = None
 
     # ----------------------------------------------------------------- run directory files
 
@@ -181,7 +195,18 @@ class TrainingRun:
             "workers": self.cluster.size,
             "epochs_done": state["epoch"] + state["batch"] / max(1, self.n_batches),
             "steps": state["step"],
+            "max_steps": self.total_steps,
             "elapsed_s": round(state["elapsed_s"], 2),
+            # Where the time went (seconds): the training steps, the validations with their
+            # cold-start figures, checkpoints and pictures, and everything from the process's
+            # start (start-up included); `estimated` is the ETA line's prediction of `wall`.
+            "time": {
+                "steps": round(state["elapsed_s"], 2),
+                "validation": round(state["validation_s"], 2),
+                "wall": round(self.wall_s(), 2),
+                "estimated": round(self.eta_s, 2) if self.eta_s is not None else None,
+            },
+            "cpu": budget.cpu_info(),
             "best_val_loss": best,
             "best_val_bpc": bits_per_char(best) if best is not None else None,
             "last_val_loss": state["last_val_loss"],
@@ -200,6 +225,9 @@ class TrainingRun:
         }
         atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=2))
 
+    def wall_s(self) -> float:
+        return self.wall_before + time.monotonic() - self.started
+
     def save_model(self) -> None:
         if not self.chief:
             return
@@ -215,7 +243,7 @@ class TrainingRun:
         """Checkpoints hold the whole batch's state: each worker's rows, gathered."""
         h, c = self.trainer.gather_rows(h), self.trainer.gather_rows(c)
         if self.chief:
-            state = {**self.state, "h": h, "c": c}
+            state = {**self.state, "h": h, "c": c, "wall_s": self.wall_s()}
             save_checkpoint(self.ckpt_dir / name, self.trainer.model, self.trainer.optimizer, state)
 
     # ----------------------------------------------------------------- validation
@@ -225,6 +253,7 @@ class TrainingRun:
 
         Returns the state the next batch starts from (zeros after a complete epoch)."""
         state, trainer = self.state, self.trainer
+        started = time.monotonic()
         val_loss = trainer.evaluate(self.data.val)
         cold = trainer.cold_start(self.vocab, self.data.val, self.cold_prompts, self.known_words)
         train_loss = float(np.mean(window["losses"])) if window["losses"] else float("nan")
@@ -268,8 +297,129 @@ class TrainingRun:
             self.checkpoint("best.npz", h, c)
             self.save_model()
         self.checkpoint("last.npz", h, c)
+        state["validation_s"] += time.monotonic() - started
+        self.estimate.validation_s = time.monotonic() - started
         self.write_run_json("training")
         return h, c
+
+    def end_epoch(self) -> None:
+        """An epoch ends without a validation (the run validates every `eval_steps`)."""
+        self.state["epoch"] += 1
+        self.state["batch"] = 0
+        self.checkpoint("last.npz", None, None)
+        self.write_run_json("training")
+
+    def eta_line(self) -> str:
+        """How long the budget takes on this machine, from the first steps' speed."""
+        est, state, config = self.estimate, self.state, self.config
+        step_s = est.step_s() or float("nan")
+        steps_left = self.total_steps - state["step"]
+        remaining = est.remaining_s(state["step"], state["elapsed_s"]) or 0.0
+        self.eta_s = self.wall_s() + remaining
+        validations = len(budget.validation_steps(config, self.n_batches, state["step"]))
+        cap = ""
+        if (
+            config.max_minutes
+            and config.max_minutes * 60 < state["elapsed_s"] + steps_left * step_s
+        ):
+            cap = f", capped at {config.max_minutes:g} min (the clock then sets the schedule)"
+        cpu = budget.cpu_info()
+        return (
+            f"eta: {self.total_steps:,} steps at {config.batch_size * config.seq_length / step_s:,.0f}"
+            f" chars/s ({step_s * 1e3:,.0f} ms a step, median of steps "
+            f"{state['step'] - len(est.step_times) + 1}-{state['step']}) take "
+            f"{budget.duration(state['elapsed_s'] + steps_left * step_s)} of training here{cap};"
+            f" with {validations} validations (~{budget.duration(est.validation_s or 0)} each) "
+            f"the run ends in about {budget.duration(remaining)}, "
+            f"{budget.duration(self.eta_s)} in all ({cpu['name']}, {cpu['cores']} cores, "
+            f"{self.trainer.precision}; bf16 instructions: {'yes' if cpu['bf16'] else 'no'})"
+        )
+
+    def train_epoch(
+        self,
+        progress: Any,
+        task: Any,
+        budget_s: float | None,
+        eval_s: float | None,
+        checkpoint_s: float,
+    ) -> bool:
+        """The rest of the current epoch (or of the budget); True when a budget ran out."""
+        config, state, trainer, rows = self.config, self.state, self.trainer, self.rows
+        model_config, window, estimate = trainer.model_config, self.window, self.estimate
+        chars_per_step = config.batch_size * config.seq_length
+        batches = EpochWindows(self.data.train, config, state["epoch"], rows)
+        if state["h"] is not None and state["batch"] > 0 and config.stateful:
+            self.h, self.c = state["h"][rows], state["c"][rows]
+        else:
+            self.h, self.c = zero_state(model_config, self.share)
+        stop = False
+        while state["batch"] < self.n_batches:
+            t0 = time.monotonic()
+            x, y = batches.batch(state["batch"])
+            fraction = budget.progress(config, state["step"], self.n_batches, state["elapsed_s"])
+            trainer.set_learning_rate(learning_rate_at(config, state["step"], fraction))
+            h, c = self.h, self.c
+            if not config.stateful:
+                h, c = zero_state(model_config, len(x))
+            loss, h, c = trainer.train_step(x, y, h, c)
+            if config.reset_prob > 0:  # some streams start the next window from zeros
+                draw = np.random.default_rng([config.seed, state["step"]])
+                keep = draw.random(config.batch_size)[rows] >= config.reset_prob
+                mask = keep[:, None, None].astype(np.float32)
+                h, c = h * mask, c * mask
+            self.h, self.c = h, c
+            window["losses"].append(float(loss))
+            state["batch"] += 1
+            state["step"] += 1
+            state["chars_seen"] += chars_per_step
+            seconds = time.monotonic() - t0
+            state["elapsed_s"] = trainer.shared_clock(state["elapsed_s"] + seconds)
+            self.session_steps += 1
+            if self.session_steps > 1:  # the first one traced and compiled the step
+                estimate.add_step(seconds)
+            if self.session_steps == budget.ETA_STEPS + 1:
+                self.log(self.eta_line())
+            remaining = estimate.remaining_s(state["step"], state["elapsed_s"])
+            progress.update(
+                task,
+                completed=state["step"],
+                description=f"epoch {state['epoch'] + 1}, loss {float(loss):.3f}",
+                eta=budget.duration(remaining) if remaining is not None else "?",
+            )
+            # Every worker must take the same branch: they agree (the chief's clock is not
+            # the others'). The step budget is the same number everywhere.
+            out_of_time, validate, save = trainer.agree(
+                budget_s is not None and state["elapsed_s"] >= budget_s,
+                state["batch"] < self.n_batches
+                and (
+                    (eval_s is not None and state["elapsed_s"] - window["elapsed_s"] >= eval_s)
+                    or (config.eval_steps is not None and state["step"] % config.eval_steps == 0)
+                ),
+                time.monotonic() - self.last_ckpt > checkpoint_s,
+            )
+            stop = out_of_time or state["step"] >= self.total_steps
+            if stop:
+                break
+            if validate:
+                self.h, self.c = self.record_point(window, True, self.h, self.c)
+                self.last_ckpt = time.monotonic()
+            elif save:
+                self.checkpoint("last.npz", self.h, self.c)
+                self.last_ckpt = time.monotonic()
+        epoch_done = state["batch"] >= self.n_batches
+        last = stop or (epoch_done and state["epoch"] + 1 >= config.epochs)
+        if last or not config.eval_steps or state["step"] % config.eval_steps == 0:
+            self.h, self.c = self.record_point(window, not epoch_done, self.h, self.c)
+            if config.sample_every_epoch and config.sample_length > 0 and self.chief:
+                sample = trainer.sample(
+                    self.vocab, _sample_prompt(self.vocab), config.sample_length, state["step"]
+                )
+                self.log("sample: " + sample.replace("\n", "\n        "))
+        else:  # validating every eval_steps steps: this epoch's end is not one of them
+            self.end_epoch()
+            self.h = self.c = None
+        self.last_ckpt = time.monotonic()
+        return out_of_time
 
     # ----------------------------------------------------------------- the loop
 
@@ -302,9 +452,9 @@ class TrainingRun:
         checkpoint_s = float(
             os.environ.get("TOOLKIT_CHECKPOINT_SECONDS", config.checkpoint_minutes * 60)
         )
-        total_steps = self.n_batches * config.epochs
-        chars_per_step = config.batch_size * config.seq_length
-        rows = self.rows
+        total_steps = self.total_steps
+        self.wall_before = state.get("wall_s", 0.0)
+        state.setdefault("validation_s", 0.0)
         self.log(
             f"corpus: {self.data.chars:,} chars, vocab {len(self.vocab)}, train "
             f"{len(self.data.train):,} / val {len(self.data.val):,}; model "
@@ -313,79 +463,42 @@ class TrainingRun:
             f"{trainer.precision} compute"
             + (f"; {self.cluster.size} workers" if self.cluster.size > 1 else "")
         )
+        self.log(
+            f"budget: {total_steps:,} steps ({total_steps / self.n_batches:.2f} epochs, "
+            f"{total_steps * config.batch_size * config.seq_length:,} chars)"
+            + (f", at most {config.max_minutes:g} min of training" if budget_s else "")
+            + (
+                f"; validation every {config.eval_steps} steps and at the end"
+                if config.eval_steps
+                else "; validation at every epoch end"
+            )
+        )
+        self.estimate = estimate = budget.Estimate(config, self.n_batches)
+        # The validation's cost, probed now (a chunk of the carried pass, a few cold-start
+        # steps) so that the ETA line counts it; the first real one replaces the probe.
+        estimate.validation_s = trainer.probe_validation_s(self.data.val, self.cold_prompts)
 
-        def progress_fraction() -> float:
-            by_steps = state["step"] / max(1, total_steps)
-            by_time = state["elapsed_s"] / budget_s if budget_s else 0.0
-            return max(by_steps, by_time)
-
-        window = {"losses": [], "elapsed_s": state["elapsed_s"], "chars": state["chars_seen"]}
+        self.window = {"losses": [], "elapsed_s": state["elapsed_s"], "chars": state["chars_seen"]}
+        self.last_ckpt = time.monotonic()
+        self.session_steps = 0
+        self.h = self.c = None
         interrupted = out_of_time = False
-        last_ckpt = time.monotonic()
-        h = c = None
+        progress = _progress(progress_bar)
         try:
-            while state["epoch"] < config.epochs and not out_of_time:
-                batches = EpochWindows(self.data.train, config, state["epoch"], rows)
-                if state["h"] is not None and state["batch"] > 0 and config.stateful:
-                    h, c = state["h"][rows], state["c"][rows]
-                else:
-                    h, c = zero_state(model_config, self.share)
-                progress = _progress(progress_bar, self.n_batches, state["epoch"] + 1)
-                with progress:
-                    task = progress.add_task(
-                        "train", total=self.n_batches, completed=state["batch"]
-                    )
-                    while state["batch"] < self.n_batches:
-                        t0 = time.monotonic()
-                        x, y = batches.batch(state["batch"])
-                        trainer.set_learning_rate(
-                            learning_rate_at(config, state["step"], progress_fraction())
-                        )
-                        if not config.stateful:
-                            h, c = zero_state(model_config, len(x))
-                        loss, h, c = trainer.train_step(x, y, h, c)
-                        if config.reset_prob > 0:  # some streams start the next window from zeros
-                            draw = np.random.default_rng([config.seed, state["step"]])
-                            keep = draw.random(config.batch_size)[rows] >= config.reset_prob
-                            mask = keep[:, None, None].astype(np.float32)
-                            h, c = h * mask, c * mask
-                        window["losses"].append(float(loss))
-                        state["batch"] += 1
-                        state["step"] += 1
-                        state["chars_seen"] += chars_per_step
-                        state["elapsed_s"] = trainer.shared_clock(
-                            state["elapsed_s"] + time.monotonic() - t0
-                        )
-                        progress.update(task, advance=1, description=f"loss {float(loss):.3f}")
-                        # Every worker must take the same branch: they agree (the chief's
-                        # clock is not the others').
-                        stop, validate, save = trainer.agree(
-                            budget_s is not None and state["elapsed_s"] >= budget_s,
-                            state["batch"] < self.n_batches
-                            and eval_s is not None
-                            and state["elapsed_s"] - window["elapsed_s"] >= eval_s,
-                            time.monotonic() - last_ckpt > checkpoint_s,
-                        )
-                        if stop:
-                            out_of_time = True
-                            break
-                        if validate:
-                            h, c = self.record_point(window, True, h, c)
-                            last_ckpt = time.monotonic()
-                        elif save:
-                            self.checkpoint("last.npz", h, c)
-                            last_ckpt = time.monotonic()
-                h, c = self.record_point(window, state["batch"] < self.n_batches, h, c)
-                last_ckpt = time.monotonic()
-                if config.sample_every_epoch and config.sample_length > 0 and self.chief:
-                    sample = trainer.sample(
-                        self.vocab, _sample_prompt(self.vocab), config.sample_length, state["step"]
-                    )
-                    self.log("sample: " + sample.replace("\n", "\n        "))
+            with progress:
+                task = progress.add_task(
+                    "train", total=total_steps, completed=state["step"], eta="?"
+                )
+                while (
+                    state["epoch"] < config.epochs
+                    and state["step"] < total_steps
+                    and not out_of_time
+                ):
+                    out_of_time = self.train_epoch(progress, task, budget_s, eval_s, checkpoint_s)
         except KeyboardInterrupt:
             interrupted = True
-            if h is not None and self.cluster.size == 1:
-                self.checkpoint("last.npz", h, c)
+            if self.h is not None and self.cluster.size == 1:
+                self.checkpoint("last.npz", self.h, self.c)
             self.write_run_json("interrupted")
             self.log(
                 f"interrupted; checkpoint saved. Continue with: toolkit train --resume {self.run_dir}"
@@ -427,7 +540,9 @@ class _NoProgress:
         return None
 
 
-def _progress(enabled: bool, total: int, epoch: int) -> Any:
+def _progress(enabled: bool) -> Any:
+    """One bar for the whole budget: steps done of all, the epoch and loss, the time so far and
+    the time left (the run's own estimate: steps at the measured speed plus the validations)."""
     if not enabled:
         return _NoProgress()
     from rich.progress import (
@@ -436,15 +551,13 @@ def _progress(enabled: bool, total: int, epoch: int) -> Any:
         Progress,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )
 
     return Progress(
-        TextColumn(f"epoch {epoch}"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.description}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        TextColumn("{task.fields[eta]} left"),
         transient=True,
     )

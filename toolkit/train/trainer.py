@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
+import time
 from typing import Any
 
 import numpy as np
@@ -74,7 +75,7 @@ class Trainer:
             self.eval_model = build_model(self.model_config)
         model, optimizer, clip = self.model, self.optimizer, config.clip_norm
         variables = model.trainable_variables
-        # float32: the hand-written LSTM of toolkit/fused_lstm.py, the same function and
+        # float32: the hand-written LSTM of train/fused_lstm.py, the same function and
         # gradients as the Keras model's loop, 1.2-1.3x the characters per second on an
         # AVX2 CPU (benchmarks/reports/train_throughput.md). bf16 keeps the Keras loop.
         self.fused = config.fused_lstm and policy == "float32"
@@ -158,7 +159,7 @@ class Trainer:
         return self.model({"tokens": x, "h": h, "c": c}, training=True)
 
     def _fused_forward(self, x: Any, h: Any, c: Any) -> Any:
-        from toolkit import fused_lstm
+        from toolkit.train import fused_lstm
 
         cfg = self.model_config
         logits, h_out, c_out = fused_lstm.forward(self.model, cfg.layers, cfg.dropout, x, h, c)
@@ -243,6 +244,12 @@ class Trainer:
         self, vocab: Vocabulary, val_ids: np.ndarray, prompts: list[str], words: set[str]
     ) -> ColdStart:
         """Zero-state quality of the current weights (numpy step: no dropout, no TF calls)."""
+        cfg = self.model_config
+        return measure_cold_start(
+            self._numpy_backend(), cfg.layers, cfg.units, list(vocab.chars), val_ids, prompts, words
+        )
+
+    def _numpy_backend(self) -> Any:
         from toolkit.runtime.backends.numpy import NumpyBackend
         from toolkit.runtime.lstm import fold_weights
         from toolkit.train.model import lstm_weights
@@ -250,10 +257,26 @@ class Trainer:
         cfg = self.model_config
         self.sync_eval_model()
         weights = fold_weights(lstm_weights(self.eval_model, cfg), cfg.layers)
-        backend = NumpyBackend(weights, cfg.layers)
-        return measure_cold_start(
-            backend, cfg.layers, cfg.units, list(vocab.chars), val_ids, prompts, words
-        )
+        return NumpyBackend(weights, cfg.layers)
+
+    def probe_validation_s(
+        self, val_ids: np.ndarray, prompts: list[str], streams: int = 16, chunk: int = 256
+    ) -> float:
+        """About how long one validation takes here, before the first one: a chunk of the
+        carried pass timed (after one that traces it) and scaled to the whole split, plus a few
+        cold-start steps timed and scaled (train/cold_start.estimate_seconds)."""
+        from toolkit.train.cold_start import estimate_seconds
+
+        streams = max(1, min(streams, (len(val_ids) - 1) // 2))
+        probe = val_ids[: streams * chunk + 1]
+        self.evaluate(probe, streams, chunk)  # traces eval_step, as the first validation would
+        started = time.perf_counter()
+        self.evaluate(probe, streams, chunk)
+        one_chunk = time.perf_counter() - started
+        chunks = math.ceil(((len(val_ids) - 1) // streams) / chunk)
+        cfg = self.model_config
+        cold = estimate_seconds(self._numpy_backend(), cfg.layers, cfg.units, len(prompts))
+        return one_chunk * chunks + cold
 
     def sample(self, vocab: Vocabulary, prompt: str, length: int, seed: int) -> str:
         """A short sample for the per-epoch log: the runtime's sampler on the Keras model."""

@@ -30,7 +30,7 @@ def _inputs(config, vocab: int = 20, seed: int = 0):
 def test_forward_and_gradients_match_keras() -> None:
     import tensorflow as tf
 
-    from toolkit.trainer import Trainer
+    from toolkit.train.trainer import Trainer
 
     config = _config(dropout=0.0)
     trainer = Trainer(config, vocab_size=20)
@@ -65,7 +65,7 @@ def test_forward_and_gradients_match_keras() -> None:
 def test_training_steps_match_the_keras_step(dropout: float) -> None:
     """Same seed, same batches: the fused and the Keras step give the same losses, dropout
     masks included (the model's own Dropout layers, called in the same order)."""
-    from toolkit.trainer import Trainer
+    from toolkit.train.trainer import Trainer
 
     config = _config(dropout=dropout, weight_decay=0.1, learning_rate=1e-2)
     fused = Trainer(config, vocab_size=20)
@@ -87,7 +87,7 @@ def test_training_steps_match_the_keras_step(dropout: float) -> None:
 
 
 def test_bf16_keeps_the_keras_loop() -> None:
-    from toolkit.trainer import Trainer
+    from toolkit.train.trainer import Trainer
 
     assert not Trainer(_config(precision="bf16"), vocab_size=20).fused
     assert not Trainer(_config(fused_lstm=False), vocab_size=20).fused

@@ -1,6 +1,6 @@
 """The float32 training step's forward pass, without Keras's LSTM loop (faster on CPU).
 
-It computes the function of toolkit.model's Keras model (Embedding -> N x LSTM -> Dense) on the
+It computes the function of toolkit.train.model's Keras model (Embedding -> N x LSTM -> Dense) on the
 model's own variables and Dropout layers, so the weights, the checkpoints and everything that
 reads the model stay as they are; only the layout and the order of the arithmetic change:
 
@@ -27,7 +27,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
+from toolkit.logs import import_tensorflow
+
+tf = import_tensorflow()
 
 
 def forward(model: Any, layers: int, dropout: float, tokens: Any, h: Any, c: Any) -> Any:
