@@ -91,3 +91,18 @@ def test_bf16_keeps_the_keras_loop() -> None:
 
     assert not Trainer(_config(precision="bf16"), vocab_size=20).fused
     assert not Trainer(_config(fused_lstm=False), vocab_size=20).fused
+
+
+def test_fused_validation_pass_matches_keras() -> None:
+    """The carried validation pass: 64-step fused windows (a shorter last one through Keras's
+    eval step) give the loss of Keras's 256-step windows."""
+    from toolkit.trainer import FUSED_CHUNK, Trainer
+
+    config = _config(dropout=0.2)
+    trainer = Trainer(config, vocab_size=20)
+    ids = np.random.default_rng(3).integers(0, 20, 16 * 150 + 1).astype(np.int32)
+    assert trainer.eval_chunk() == FUSED_CHUNK
+    fused = trainer.evaluate(ids)
+    trainer.fused_eval_step = None  # Keras's loop, as in b2a875a
+    assert trainer.eval_chunk() == 256
+    assert fused == pytest.approx(trainer.evaluate(ids), abs=1e-5)
