@@ -317,22 +317,23 @@ class TrainingRun:
         remaining = est.remaining_s(state["step"], state["elapsed_s"]) or 0.0
         self.eta_s = self.wall_s() + remaining
         validations = len(budget.validation_steps(config, self.n_batches, state["step"]))
-        cap = ""
+        training = budget.duration(state["elapsed_s"] + steps_left * step_s)
         if (
             config.max_minutes
             and config.max_minutes * 60 < state["elapsed_s"] + steps_left * step_s
         ):
-            cap = f", capped at {config.max_minutes:g} min (the clock then sets the schedule)"
+            training += f", capped at {config.max_minutes:g} min (the clock then sets the schedule)"
         cpu = budget.cpu_info()
         return (
-            f"eta: {self.total_steps:,} steps at {config.batch_size * config.seq_length / step_s:,.0f}"
-            f" chars/s ({step_s * 1e3:,.0f} ms a step, median of steps "
-            f"{state['step'] - len(est.step_times) + 1}-{state['step']}) take "
-            f"{budget.duration(state['elapsed_s'] + steps_left * step_s)} of training here{cap};"
-            f" with {validations} validations (~{budget.duration(est.validation_s or 0)} each) "
-            f"the run ends in about {budget.duration(remaining)}, "
-            f"{budget.duration(self.eta_s)} in all ({cpu['name']}, {cpu['cores']} cores, "
-            f"{self.trainer.precision}; bf16 instructions: {'yes' if cpu['bf16'] else 'no'})"
+            f"eta: {self.total_steps:,} steps at "
+            f"{config.batch_size * config.seq_length / step_s:,.0f} chars/s "
+            f"({step_s * 1e3:,.0f} ms a step, median of steps "
+            f"{state['step'] - len(est.step_times) + 1}-{state['step']}): {training} of training "
+            f"here, plus {validations} validation{'s' if validations != 1 else ''} of "
+            f"~{budget.duration(est.validation_s or 0)}: done in about "
+            f"{budget.duration(remaining)} ({budget.duration(self.eta_s)} from the start; "
+            f"{cpu['name']}, {cpu['cores']} cores, bf16 instructions: "
+            f"{'yes' if cpu['bf16'] else 'no'}, {self.trainer.precision})"
         )
 
     def train_epoch(
