@@ -141,34 +141,8 @@ def _row(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default=",".join(PRESETS))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument(
-        "--baseline", default=None, help="git revision whose fp32 step is the first column"
-    )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/reports/train_throughput"))
-    args = parser.parse_args()
-    rows = []
-    precisions = args.precisions.split(",")
-    for name in args.presets.split(","):
-        measured = measure(name, precisions, args.steps, args.warmup, args.baseline)
-        base = measured[0]["chars_per_sec"]
-        for row in measured:
-            row["ratio_to_first"] = row["chars_per_sec"] / base
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    report = {
-        "command": "python " + " ".join(sys.argv),
-        "machine": machine_info(),
-        "python": platform.python_version(),
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2))
+def markdown(report: dict) -> str:
+    rows, baseline = report["rows"], report.get("baseline")
     lines = [
         "# Training throughput per preset",
         "",
@@ -180,27 +154,80 @@ def main() -> None:
         "the columns of a preset are timed step by step in turn, in a rotating order. ratio: "
         f"chars/s against the first column ({rows[0]['step']}); paired: the median over rounds "
         "of the first column's step time over this one's (what to read when other processes "
-        "share the machine). bf16 is Keras's mixed_bfloat16 (bf16 math, float32 weights); "
-        "`--precision auto` (the default) picks it where the CPU has bf16 instructions. "
-        "fp32 runs the fused LSTM of toolkit/fused_lstm.py"
+        "share the machine); cpu ms: the process's CPU time per step. bf16 is Keras's "
+        "mixed_bfloat16 (bf16 math, float32 weights); `--precision auto` (the default) picks "
+        "it where the CPU has bf16 instructions. fp32 runs the fused LSTM of "
+        "toolkit/fused_lstm.py"
         + (
-            f"; `fp32 {args.baseline}` is revision {args.baseline}'s step (Keras's LSTM loop), "
+            f"; `fp32 {baseline}` is revision {baseline}'s step (Keras's LSTM loop), "
             "imported from git into this process."
-            if args.baseline
+            if baseline
             else "."
         ),
         "",
-        "| preset | model | batch × seq | params | step | step ms | chars/s | ratio | paired |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|",
+        "| preset | model | batch × seq | params | step | step ms | cpu ms | chars/s | ratio "
+        "| paired |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        cpu = f"{r['cpu_ms_median']:.1f}" if "cpu_ms_median" in r else "–"
         lines.append(
             f"| {r['preset']} | {r['layers']}×{r['units']} (emb {r['embedding_dim']}) | "
             f"{r['batch_size']} × {r['seq_length']} | {r['params']:,} | {r['step']} | "
-            f"{r['step_ms_median']:.1f} | {r['chars_per_sec']:,.0f} | "
+            f"{r['step_ms_median']:.1f} | {cpu} | {r['chars_per_sec']:,.0f} | "
             f"{r['ratio_to_first']:.2f} | {r['paired_ratio_median']:.2f} |"
         )
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    if report.get("note"):
+        lines += ["", report["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument(
+        "--baseline", default=None, help="git revision whose fp32 step is the first column"
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/reports/train_throughput"))
+    parser.add_argument("--note", default="", help="a paragraph added to the Markdown report")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild the Markdown from the JSON (--note)"
+    )
+    args = parser.parse_args()
+    if args.report_only:
+        report = json.loads(args.out.with_suffix(".json").read_text())
+        report["note"] = args.note or report.get("note", "")
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2))
+        atomic_write_text(args.out.with_suffix(".md"), markdown(report))
+        return
+    rows = []
+    precisions = args.precisions.split(",")
+    for name in args.presets.split(","):
+        measured = measure(name, precisions, args.steps, args.warmup, args.baseline)
+        base = measured[0]["chars_per_sec"]
+        for row in measured:
+            row["ratio_to_first"] = row["chars_per_sec"] / base
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    report = {
+        "command": "python "
+        + " ".join(
+            a
+            for i, a in enumerate(sys.argv)
+            if not a.startswith("--note") and not (i > 0 and sys.argv[i - 1] == "--note")
+        ),
+        "machine": machine_info(),
+        "python": platform.python_version(),
+        "baseline": args.baseline,
+        "note": args.note,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2))
+    atomic_write_text(args.out.with_suffix(".md"), markdown(report))
 
 
 if __name__ == "__main__":

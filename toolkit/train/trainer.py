@@ -78,8 +78,8 @@ class Trainer:
         model, optimizer, clip = self.model, self.optimizer, config.clip_norm
         variables = model.trainable_variables
         # float32: the hand-written LSTM of train/fused_lstm.py, the same function and
-        # gradients as the Keras model's loop, 1.2-1.3x the characters per second on an
-        # AVX2 CPU (benchmarks/reports/train_throughput.md). bf16 keeps the Keras loop.
+        # gradients as the Keras model's loop, faster on an AVX2 CPU
+        # (benchmarks/reports/train_throughput.md). bf16 keeps the Keras loop.
         self.fused = config.fused_lstm and policy == "float32"
         self.forward = self._fused_forward if self.fused else self._keras_forward
 
