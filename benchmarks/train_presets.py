@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-
-from toolkit.config import PRESETS
 from toolkit.files import atomic_write_bytes, atomic_write_text
 from toolkit.machine import machine_info
 from toolkit.metrics import bits_per_char

@@ -96,7 +96,7 @@ def test_bf16_keeps_the_keras_loop() -> None:
 def test_fused_validation_pass_matches_keras() -> None:
     """The carried validation pass: 64-step fused windows (a shorter last one through Keras's
     eval step) give the loss of Keras's 256-step windows."""
-    from toolkit.trainer import FUSED_CHUNK, Trainer
+    from toolkit.train.trainer import FUSED_CHUNK, Trainer
 
     config = _config(dropout=0.2)
     trainer = Trainer(config, vocab_size=20)

@@ -298,7 +298,8 @@ def _slow_steps(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 def test_step_budget_stops_at_its_count_and_gives_the_same_model_at_any_speed(
     small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from toolkit.train import budget, train
+    from toolkit.train import budget
+    from toolkit.train.loop import train
 
     cfg = dataclasses.replace(
         preset("tiny"), epochs=5, max_steps=23, eval_steps=10, sample_every_epoch=False
@@ -322,7 +323,8 @@ def test_step_budget_stops_at_its_count_and_gives_the_same_model_at_any_speed(
 
 
 def test_max_minutes_still_caps_the_run(small_corpus: Path, tmp_path: Path, monkeypatch) -> None:
-    from toolkit.train import budget, train
+    from toolkit.train import budget
+    from toolkit.train.loop import train
 
     _slow_steps(monkeypatch, 0.3)
     cfg = dataclasses.replace(
@@ -340,8 +342,8 @@ def test_max_minutes_still_caps_the_run(small_corpus: Path, tmp_path: Path, monk
 
 
 def test_eta_line_and_run_json_time_and_cpu(small_corpus: Path, tmp_path: Path) -> None:
-    from toolkit.config import cpu_has_bf16
-    from toolkit.train import train
+    from toolkit.machine import cpu_has_bf16
+    from toolkit.train.loop import train
 
     cfg = dataclasses.replace(preset("tiny"), epochs=1, max_steps=30, sample_every_epoch=False)
     lines: list[str] = []
