@@ -108,13 +108,51 @@ def tiny_export(
 
     def build(out: Path) -> None:
         run = shared_tiny_run(tmp_path_factory, small_corpus, tiny_config)
-        export_run(
-            run, out, formats=["tflite", "onnx", "numpy"], quantization="all", log=lambda _: None
-        )
+        formats = ["tflite", "onnx", "numpy", "c"]
+        export_run(run, out, formats=formats, quantization="all", log=lambda _: None)
 
     return own_copy(
         tmp_path_factory, built_once(tmp_path_factory, "tiny-export", build), "exported"
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def c_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of compiled C for every worker (and the CLIs they start): the committed
+    model's 5 MB char_lstm.c compiles once per run for each target."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "c-cache"
+    path.mkdir(exist_ok=True)
+    os.environ["TOOLKIT_C_CACHE"] = str(path)
+    return path
+
+
+def without_c(folder: Path, dest: Path) -> Path:
+    """A copy of an export folder without its C target (char_lstm.c, char_lstm.h)."""
+    from toolkit.runtime.manifest import Manifest
+
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("char_lstm.*"))
+    manifest = Manifest.read(dest)
+    kept = {name: a for name, a in manifest.artifacts.items() if a.format != "c"}
+    manifest.with_artifacts(kept).write(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny2_c_export(
+    tmp_path_factory: pytest.TempPathFactory, small_corpus: Path, tiny_config: Any
+) -> Path:
+    """A 2-layer tiny model exported as C only (the full-int8 model is made first)."""
+    from toolkit.export.exporter import export_run
+    from toolkit.train.loop import train
+
+    def build(out: Path) -> None:
+        run = out.with_name("tiny2-run")
+        config = dataclasses.replace(tiny_config, layers=2)
+        train(config, run, data=small_corpus, log=lambda _: None, progress_bar=False)
+        export_run(run, out, formats=["c"], quantization="full-int8", log=lambda _: None)
+
+    return own_copy(tmp_path_factory, built_once(tmp_path_factory, "tiny2-c", build), "exported")
 
 
 def parse_c_array(source: str, symbol: str = "g_char_lstm_model") -> bytes:

@@ -73,3 +73,10 @@ class WorkerLostError(ToolkitError):
     """A worker of a multi-worker run stopped answering; the others stop too (--resume)."""
 
     exit_code = 10
+
+
+class FirmwareError(ToolkitError):
+    """The firmware cannot be built or run (no cross-compiler or QEMU, the model does not fit
+    the part, the emulator timed out or the firmware failed)."""
+
+    exit_code = 11

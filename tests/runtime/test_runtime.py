@@ -103,8 +103,10 @@ def test_quantized_variants_load_and_generate(tiny_export: Path) -> None:
             "A", length=30, seed=1
         )
         assert len(result.texts[0]) == 30
-    with pytest.raises(ModelFileError, match="onnx supports: int8, none"):
+    with pytest.raises(ModelFileError, match="onnx supports: fp32, int8"):
         load(tiny_export, runtime="onnx", variant="fp16")
+    with pytest.raises(ModelFileError, match="numpy has no int8 variant; numpy supports: fp32"):
+        load(tiny_export, runtime="numpy", variant="int8")
 
 
 def test_batched_samples_are_one_batch(tiny_export: Path) -> None:

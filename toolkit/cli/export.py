@@ -20,14 +20,22 @@ def export(
     run_dir: Annotated[
         Path, typer.Argument(help="trained run directory, or an exported folder to add to")
     ] = Path("runs/shakespeare"),
-    format: Annotated[str, typer.Option(help="which formats", **choice(["all", *FORMATS]))] = "all",
-    quantize: Annotated[
+    format: Annotated[
         str,
         typer.Option(
-            help="which variants (full-int8: microcontrollers)",
+            help="which formats (c: the full-int8 model as dependency-free C; all includes it "
+            "when full-int8 is among the variants)",
+            **choice(["all", *FORMATS]),
+        ),
+    ] = "all",
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="which variants (full-int8: microcontrollers); default fp32, full-int8 for "
+            "--format c",
             **choice([*VARIANTS, "all"], QUANTIZE_ALIASES),
         ),
-    ] = "fp32",
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="export folder (default exported/<run>)")] = None,
     validate: Annotated[bool, typer.Option(help="check outputs against Keras")] = True,
     bpc_tolerance: Annotated[
@@ -55,9 +63,12 @@ def export(
     from toolkit.export.plan import plan_artifacts
 
     formats = list(FORMATS) if format == "all" else [format]
+    quantize = quantize or ("full-int8" if format == "c" else "fp32")  # C is full-int8 only
     quantization = "all" if quantize == "all" else VARIANTS[quantize]
     plan_artifacts(formats, quantization)  # an impossible combination: one line, at once
-    require_tensorflow()
+    # The C is made from the folder's full-int8 model: TensorFlow only to make that first.
+    if formats != ["c"] or (run_dir / "run.json").exists():
+        require_tensorflow()
     from toolkit.export.exporter import export_run
     from toolkit.export.micro import MicroLimits
 

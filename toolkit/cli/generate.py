@@ -22,7 +22,11 @@ def generate(
         typer.Argument(help="export folder (run directory for --runtime keras)"),
     ] = None,
     runtime: Annotated[
-        str, typer.Option(help="tflm: TensorFlow Lite Micro's interpreter", **choice(RUNTIMES))
+        str,
+        typer.Option(
+            help="tflm: TensorFlow Lite Micro's interpreter; c: the exported C, compiled here",
+            **choice(RUNTIMES),
+        ),
     ] = "onnx",
     variant: Annotated[
         str,

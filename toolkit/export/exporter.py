@@ -23,7 +23,8 @@ import numpy as np
 
 from toolkit.data.batches import open_training_data
 from toolkit.data.corpus import load_corpus
-from toolkit.errors import ExportError, UsageError, storage_error
+from toolkit.errors import ExportError, ModelFileError, UsageError, storage_error
+from toolkit.export import c as c_target
 from toolkit.export import micro, numpy, onnx, tflite
 from toolkit.export.manifest import (
     ExportedArtifact,
@@ -46,7 +47,7 @@ from toolkit.export.validate import (
     validation_tokens,
 )
 from toolkit.logs import native_stderr_hidden
-from toolkit.runtime.manifest import ARTIFACT_FILES, FORMATS, Manifest, artifact_name
+from toolkit.runtime.manifest import ARTIFACT_FILES, FORMATS, Manifest, artifact_name, read_verified
 from toolkit.runtime.step import StepBackend
 from toolkit.train.lock import holds_run_dir_lock
 from toolkit.vocabulary import Vocabulary
@@ -66,6 +67,10 @@ class ExportJob:
     calibration_data: Path | None = None
     limits: micro.MicroLimits = field(default_factory=micro.MicroLimits)
     log: Log = print
+    val_ids: np.ndarray | None = None  # the validation text (the C target's bit-exact check)
+    out_dir: Path | None = None
+    previous: Manifest | None = None  # what the target folder holds already
+    made: dict[str, Converted] = field(default_factory=dict)  # this export's files so far
     _module: Any = None
 
     @property
@@ -74,6 +79,21 @@ class ExportJob:
         if self._module is None:
             self._module = make_step_module(self.source.folded, self.source.config)
         return self._module
+
+    def built_on(self, name: str) -> tuple[bytes, dict[str, Any]]:
+        """A file a later target is made from (the C target from the full-int8 model), and
+        its manifest fields: this export's, else the target folder's (checksum verified)."""
+        if name in self.made:
+            return self.made[name].data, self.made[name].extra
+        if self.previous is None or self.out_dir is None or name not in self.previous.artifacts:
+            raise ExportError(
+                f"{name} is needed first: export --format tflite --quantize full-int8"
+            )
+        artifact = self.previous.artifacts[name]
+        try:
+            return read_verified(self.out_dir, artifact), dict(artifact.extra)
+        except ModelFileError as exc:
+            raise ExportError(str(exc)) from None
 
 
 @dataclass
@@ -123,6 +143,23 @@ def _micro(job: ExportJob, quantization: str) -> Converted:
     return Converted(data, {"micro": section}, files)
 
 
+def _c(job: ExportJob, quantization: str) -> Converted:
+    name = artifact_name("tflite", quantization)
+    data, extra = job.built_on(name)
+    if not isinstance(extra.get("micro"), dict):
+        raise ExportError(f"{name} has no micro section in the manifest; export it again")
+    assert job.out_dir is not None and job.val_ids is not None
+    source, section, files = c_target.convert(
+        data, extra["micro"], list(job.source.vocab.chars), f"{job.out_dir.name}/{name}",
+        job.val_ids, job.log,
+    )  # fmt: skip
+    return Converted(source, {"c": section}, files)
+
+
+def _c_backends(converted: Converted, job: ExportJob) -> list[StepBackend]:
+    return c_target.backends(converted.data, converted.extra["c"], converted.files["char_lstm.h"])
+
+
 TARGETS: dict[tuple[str, str], Target] = {
     ("onnx", "none"): Target(_onnx, lambda c, j: onnx.backends(c.data), onnx.op_types),
     ("onnx", "int8"): Target(_onnx, lambda c, j: onnx.backends(c.data), onnx.op_types),
@@ -133,6 +170,9 @@ TARGETS: dict[tuple[str, str], Target] = {
         _micro, lambda c, j: micro.backends(c.data, c.extra["micro"]), tflite.op_types
     ),
     ("numpy", "none"): Target(_numpy, lambda c, j: numpy.backends(c.data, j.source.config)),
+    # From the full-int8 model (made first when the folder lacks it), checked bit for bit
+    # against TensorFlow Lite Micro as it is made.
+    ("c", "full-int8"): Target(_c, _c_backends),
 }
 assert set(TARGETS) == set(ARTIFACT_FILES), "every artifact file has a target"
 # The manifest's name for a validation in a backend other than the file's last one.
@@ -181,11 +221,18 @@ def export_run(
         raise UsageError(f"calibration-chars must be >= 1, got {calibration_chars}")
     plan = plan_artifacts(formats or list(FORMATS), quantization)
     source = load_source(Path(run_dir), log)
+    unable = c_target.unable(source.config) if ("c", "full-int8") in plan else None
+    if unable and len(formats or FORMATS) > 1 and len(plan) > 1:  # `--format all`, no compiler
+        plan.remove(("c", "full-int8"))
+        log(f"left out char_lstm.c: {unable}")
+    elif unable:
+        raise ExportError(f"cannot make char_lstm.c: {unable}")
     run_name = source.info.get("run_name") or source.path.resolve().name
     if out_dir is None:
         out_dir = Path("exported") / run_name if source.is_run else source.path
     out_dir = Path(out_dir)
     previous, stale = _check_target_folder(out_dir, existing_export(out_dir), source, plan, force)
+    plan = _with_inputs(plan, previous)
     # The run's corpus as token ids: a prepared corpus stays memory-mapped.
     corpus = open_training_data(source.data, source.val_fraction, log=log)
     if corpus.vocab != source.vocab:
@@ -206,7 +253,7 @@ def export_run(
     try:
         job = ExportJob(
             source, staging, corpus.train, calibration_chars, calibration_data,
-            limits or micro.MicroLimits(), log,
+            limits or micro.MicroLimits(), log, corpus.val, out_dir, previous,
         )  # fmt: skip
         artifacts = []
         for fmt, quant in plan:
@@ -214,6 +261,7 @@ def export_run(
             target = TARGETS[(fmt, quant)]
             # convert
             converted = target.convert(job, quant)
+            job.made[name] = converted
             loops = target.op_types(converted.data) & CONTROL_FLOW_OPS if target.op_types else set()
             if loops:
                 raise ExportError(f"{name} contains control-flow ops {sorted(loops)}")
@@ -254,6 +302,17 @@ def export_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir, artifacts
+
+
+def _with_inputs(plan: list[tuple[str, str]], previous: Manifest | None) -> list[tuple[str, str]]:
+    """The plan with the full-int8 model before the C target, if the folder lacks it."""
+    needed = ("tflite", "full-int8")
+    if ("c", "full-int8") not in plan or needed in plan:
+        return plan
+    if previous is not None and artifact_name(*needed) in previous.artifacts:
+        return plan
+    at = plan.index(("c", "full-int8"))
+    return [*plan[:at], needed, *plan[at:]]
 
 
 def _check_target_folder(

@@ -120,6 +120,9 @@ def companion_files(manifest: Manifest | None, names: Iterable[str]) -> list[str
         micro = artifact.micro if artifact else None
         if micro and "c_files" in micro:
             out.extend(micro["c_files"])
+        c = artifact.extra.get("c") if artifact else None
+        if isinstance(c, Mapping) and "files" in c:  # char_lstm.h
+            out.extend(c["files"])
     return out
 
 

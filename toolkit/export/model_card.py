@@ -18,13 +18,14 @@ USES = {
     ("tflite", "int8"): "LiteRT: the fastest CPU variant",
     ("tflite", "full-int8"): "TensorFlow Lite Micro on microcontrollers; LiteRT",
     ("numpy", "none"): "numpy alone",
+    ("c", "full-int8"): "any C99 compiler: microcontrollers, wasm, the host (+ `char_lstm.h`)",
 }
 
 
 def generate_flags(fmt: str, quantization: str) -> str:
     """The `toolkit generate` options that pick this file."""
     if quantization == "full-int8":
-        return "--runtime tflm"
+        return "--runtime c" if fmt == "c" else "--runtime tflm"
     return f"--runtime {fmt} --variant {variant_of(quantization)}"
 
 
@@ -115,5 +116,15 @@ def model_card(manifest: Manifest, folder: str) -> str:
             f"{', '.join(t['name'] for t in micro['inputs'])}; outputs: "
             f"{', '.join(t['name'] for t in micro['outputs'])}. The header has the "
             "quantization of each and how to carry the int8 state.",
+        ]
+    c = manifest.artifacts.get("char_lstm.c")
+    if c is not None and isinstance(c.extra.get("c"), dict):
+        lines += [
+            "",
+            "`char_lstm.c` / `char_lstm.h` are the same model as plain C99 (no dependencies, no "
+            f"malloc, no floating point): {c.extra['c']['flash_bytes']:,} bytes of constants "
+            f"in flash, a {c.extra['c']['ram_bytes']:,}-byte state struct in RAM, bit-exact to "
+            "TensorFlow Lite Micro. `toolkit firmware "
+            f"{folder} --board mps2-an386 --out fw --run` tries it on an emulated Cortex-M4.",
         ]
     return "\n".join(lines) + "\n"

@@ -32,6 +32,8 @@ ARTIFACT_FILES: dict[tuple[str, str], str] = {
     # Full-integer (int8 weights and activations, batch 1) for microcontrollers: TFLite Micro.
     ("tflite", "full-int8"): "model.full-int8.tflite",
     ("numpy", "none"): "weights.npz",
+    # The full-int8 step as dependency-free C (+ char_lstm.h), bit-exact to TFLite Micro.
+    ("c", "full-int8"): "char_lstm.c",
 }
 FORMATS = tuple(dict.fromkeys(fmt for fmt, _ in ARTIFACT_FILES))
 # The user's word for each quantization (`generate --variant`, `export --quantize`) and the
@@ -58,10 +60,10 @@ def artifact_name(fmt: str, quantization: str) -> str:
     try:
         return ARTIFACT_FILES[(fmt, quantization)]
     except KeyError:
-        supported = sorted(q for f, q in ARTIFACT_FILES if f == fmt)
+        supported = [variant_of(q) for q in QUANTIZATIONS if (fmt, q) in ARTIFACT_FILES]
+        asked = variant_of(quantization) if quantization in QUANTIZATIONS else repr(quantization)
         raise ModelFileError(
-            f"no {fmt} variant with quantization {quantization!r}; "
-            f"{fmt} supports: {', '.join(supported) or 'nothing'}"
+            f"{fmt} has no {asked} variant; {fmt} supports: {', '.join(supported) or 'nothing'}"
         ) from None
 
 
@@ -77,7 +79,7 @@ class Artifact:
     validation: Mapping[str, Any] | None = None
     exported_at: str | None = None
     # Target-specific fields, kept as they are: `micro` (TFLite Micro's tensor order,
-    # quantization and arena), `validation_litert`, ...
+    # quantization and arena), `c` (the C's quantization, sizes, header), `validation_litert`...
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,6 +111,16 @@ class Artifact:
             exported_at=entry.get("exported_at"),
             extra={k: v for k, v in entry.items() if k not in known},
         )
+
+
+def model_config(sizes: Mapping[str, Any]) -> ModelConfig:
+    """The model's sizes as recorded in a manifest or a run.json (KeyError, ValueError if not)."""
+    return ModelConfig(
+        vocab_size=int(sizes["vocab_size"]),
+        embedding_dim=int(sizes["embedding_dim"]),
+        units=int(sizes["units"]),
+        layers=int(sizes["layers"]),
+    )
 
 
 def step_tensors(shape: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -176,13 +188,7 @@ class Manifest:
             if key not in data:
                 raise ModelFileError(f"{where} is missing {key!r}")
         try:
-            m = data["model"]
-            model = ModelConfig(
-                vocab_size=int(m["vocab_size"]),
-                embedding_dim=int(m["embedding_dim"]),
-                units=int(m["units"]),
-                layers=int(m["layers"]),
-            )
+            model = model_config(data["model"])
             artifacts = {
                 name: Artifact.from_dict(name, entry) for name, entry in data["artifacts"].items()
             }
@@ -245,9 +251,9 @@ class Manifest:
 
     def resolve_variant(self, runtime: str, variant: str) -> str:
         """'auto' picks the most precise variant of the runtime's format (fp32 first)."""
-        if runtime == "tflm":  # TFLite Micro runs the full-integer model and nothing else
+        if runtime in ("tflm", "c"):  # TFLite Micro and the C run the full-integer model only
             if variant not in ("auto", "full-int8"):
-                raise ModelFileError("the tflm runtime runs only the full-int8 variant")
+                raise ModelFileError(f"the {runtime} runtime runs only the full-int8 variant")
             return "full-int8"
         if variant != "auto":
             return variant

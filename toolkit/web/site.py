@@ -1,9 +1,11 @@
 """`toolkit web`: an exported model folder as a static site that generates text in the browser.
 
-The site is plain files: the page and its sampler (web/src), onnxruntime-web's wasm build
-(web/node_modules, installed with `npm ci` from the pinned lock file) and the model folder's
-manifest plus its ONNX step graphs. Any static file server can host it; `SiteServer` is one
-on 127.0.0.1 for trying it out and for the tests. No TensorFlow here.
+The site is plain files: the page and its sampler (web/src), the model folder's manifest, and
+the engine site.json names. `onnx` (the default): onnxruntime-web's wasm build (web/node_modules,
+installed with `npm ci` from the pinned lock file) and the folder's ONNX step graphs. `c`: the
+folder's char_lstm.c compiled to WebAssembly (wasm.py) and its small loader
+(web/src/char_lstm_wasm.js), no onnxruntime-web. Any static file server can host it;
+`SiteServer` is one on 127.0.0.1 for trying it out and for the tests. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import __version__
-from toolkit.errors import UsageError, WebError
+from toolkit.errors import ModelFileError, UsageError, WebError
+from toolkit.files import sha256_bytes
 from toolkit.runtime.manifest import ARTIFACT_FILES, MANIFEST_NAME, Manifest, read_verified
 
 # The JS project: page sources, node tests, package.json and its lock file.
@@ -33,6 +36,9 @@ ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-th
 # Page variant name -> ONNX quantization in the model folder.
 SITE_VARIANTS = {"fp32": "none", "int8": "int8"}
 SITE_MARKER = "site.json"
+ENGINES = ("onnx", "c")
+C_PAGE_FILES = ("char_lstm_wasm.js",)  # the C engine's loader, besides PAGE_FILES
+WASM_FILE = "char_lstm.wasm"
 
 
 @dataclass
@@ -40,8 +46,9 @@ class Site:
     out_dir: Path
     variants: dict[str, str]  # variant -> model file
     default_variant: str
-    ort_version: str
+    ort_version: str  # "" for the C engine
     bytes: int
+    engine: str = "onnx"
 
 
 def ort_dist(
@@ -108,18 +115,22 @@ def build_site(
     force: bool = False,
     web_dir: Path = WEB_DIR,
     log: Callable[[str], None] = print,
+    engine: str = "onnx",
 ) -> Site:
     """Write the static site for `model_dir` into `out_dir` (built aside, then moved in place)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     manifest = Manifest.read(model_dir)
-    variants = site_variants(manifest, variant)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not (out_dir / SITE_MARKER).exists():
-            raise WebError(
-                f"{out_dir} exists and is not a site built by toolkit web; use another --out"
-            )
-        if not force:
-            raise WebError(f"{out_dir} already holds a site; use --force to replace it")
+    if engine == "onnx":
+        variants = site_variants(manifest, variant)
+    elif variant not in ("all", "int8"):
+        raise UsageError(
+            f"the C engine runs the full-int8 model only (--variant int8), not {variant!r}"
+        )
+    _check_out_dir(out_dir, force)
+    if engine == "c":
+        return _build_c_site(model_dir, manifest, out_dir, web_dir, log)
     dist = ort_dist(web_dir, log=log)
     ort_version = json.loads((dist.parent / "package.json").read_text())["version"]
 
@@ -155,6 +166,72 @@ def build_site(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Site(out_dir, variants, default, ort_version, total)
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not (out_dir / SITE_MARKER).exists():
+            raise WebError(
+                f"{out_dir} exists and is not a site built by toolkit web; use another --out"
+            )
+        if not force:
+            raise WebError(f"{out_dir} already holds a site; use --force to replace it")
+
+
+def _build_c_site(
+    model_dir: Path, manifest: Manifest, out_dir: Path, web_dir: Path, log: Callable[[str], None]
+) -> Site:
+    """The page on the C engine: char_lstm.c as wasm (checked by its sha256 in site.json)."""
+    from toolkit.runtime.backends.c import SOURCE, read_c_files
+    from toolkit.web.wasm import build_wasm, wasm_sections
+
+    try:
+        files = read_c_files(model_dir, manifest)
+    except ModelFileError as exc:
+        raise WebError(str(exc)) from None
+    if not all((web_dir / "src" / name).exists() for name in (*PAGE_FILES, *C_PAGE_FILES)):
+        raise WebError(
+            f"{web_dir / 'src'} is missing the page: `toolkit web` needs the repository's web/ "
+            "folder (run it from a clone of char-lstm-toolkit)"
+        )
+    log(f"compiling {model_dir / SOURCE} to wasm (cached once built) ...")
+    wasm = build_wasm(files).read_bytes()
+    sections = wasm_sections(wasm)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes 0700; a site is for web servers to read
+        for name in (*PAGE_FILES, *C_PAGE_FILES):
+            shutil.copy2(web_dir / "src" / name, staging / name)
+        (staging / "model").mkdir()
+        (staging / "model" / WASM_FILE).write_bytes(wasm)
+        # The page reads the model's name, shape and vocabulary here; the wasm is site.json's.
+        (staging / "model" / MANIFEST_NAME).write_text(
+            manifest.with_artifacts({}).to_json(), encoding="utf-8"
+        )
+        site_info = {
+            "name": manifest.name,
+            "engine": "c",
+            "variants": {"int8": WASM_FILE},
+            "default_variant": "int8",
+            "files": {
+                WASM_FILE: {
+                    "sha256": sha256_bytes(wasm),
+                    "bytes": len(wasm),
+                    "code_bytes": sections.get("code", 0),
+                    "data_bytes": sections.get("data", 0),
+                    "simd": True,
+                    "built_from": {SOURCE: sha256_bytes(files[SOURCE])},
+                }
+            },
+            "built_by": f"char-lstm-toolkit {__version__}",
+        }
+        (staging / SITE_MARKER).write_text(json.dumps(site_info, indent=2) + "\n")
+        total = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        _swap_into_place(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Site(out_dir, {"int8": WASM_FILE}, "int8", "", total, engine="c")
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:

@@ -1,13 +1,15 @@
-// The page: load an exported model folder (manifest + ONNX step graph) into onnxruntime-web,
-// check it against the manifest, and generate text with the Python runtime's semantics.
+// The page: load an exported model, check it against its checksum, and generate text with the
+// Python runtime's semantics. site.json names the engine: "onnx" (the default), the ONNX step
+// graph in onnxruntime-web, checked against the manifest; or "c", the model's generated C
+// step compiled to WebAssembly (char_lstm_wasm.js), checked against site.json.
 //
 // window.toolkit is the API for scripts and tests:
 //   await window.toolkit.ready                       // the model is loaded
 //   await window.toolkit.generate({prompt, length, temperature, topK, topP, stop, seed})
-//   await window.toolkit.timeSteps({steps, rounds, model})   // benchmark: µs per step
+//   await window.toolkit.timeSteps({steps, rounds, model, raw})   // benchmark: µs per step
 //   await window.toolkit.logits({text})              // teacher-forced logits, one row per char
+//   await window.toolkit.greedyInWasm({prompt, length})   // C engine: the whole loop in wasm
 
-import * as ort from "./ort/ort.wasm.min.mjs";
 import { GenerationError, Generator } from "./generator.js";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +17,9 @@ const STEP_INPUTS = ["token", "h", "c"];
 const STEP_OUTPUTS = ["logits", "h_out", "c_out"];
 
 class ModelError extends Error {}
+
+// onnxruntime-web, imported by the ONNX engine only: a C engine site does not carry it.
+let ort = null;
 
 // --------------------------------------------------------------------------- loading
 
@@ -43,7 +48,8 @@ async function sha256Hex(bytes) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function configureOrt() {
+async function configureOrt() {
+  ort = await import("./ort/ort.wasm.min.mjs");
   // The wasm files sit next to the page (copied from the npm package): no CDN, works offline.
   ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
   // One thread: several need cross-origin isolation (COOP/COEP headers) that a plain static
@@ -108,36 +114,52 @@ class OrtStepBackend {
   }
 }
 
+/** The C engine: the wasm module, its step as the generator's backend. */
+async function createCharLstm(bytes) {
+  const { loadCharLstm } = await import("./char_lstm_wasm.js");
+  try {
+    return await loadCharLstm(bytes);
+  } catch (err) {
+    throw new ModelError(err.message);
+  }
+}
+
 async function loadModel(variant) {
   if (typeof WebAssembly !== "object") {
     throw new ModelError("this browser is not supported: it has no WebAssembly");
   }
   const site = await fetchJson("site.json");
   const manifest = await fetchJson("model/manifest.json");
+  const engine = site.engine ?? "onnx";
   const file = site.variants[variant];
   if (!file) {
     throw new ModelError(
       `this site has no ${variant} model (has: ${Object.keys(site.variants).join(", ")})`,
     );
   }
-  const entry = manifest.artifacts[file];
-  if (!entry) throw new ModelError(`manifest.json does not describe ${file}`);
+  // The ONNX files are the manifest's; the wasm is built for the site, which records it.
+  const listed = engine === "c" ? "site.json" : "manifest.json";
+  const entry = engine === "c" ? site.files?.[file] : manifest.artifacts[file];
+  if (!entry) throw new ModelError(`${listed} does not describe ${file}`);
   const bytes = await fetchBytes(`model/${file}`);
   let warning = null;
   if (globalThis.crypto?.subtle) {
     const digest = await sha256Hex(bytes);
     if (digest !== entry.sha256) {
-      throw new ModelError(
-        `model file ${file} does not match its manifest checksum (corrupted or replaced)`,
-      );
+      const which = engine === "c" ? "its checksum in site.json" : "its manifest checksum";
+      throw new ModelError(`model file ${file} does not match ${which} (corrupted or replaced)`);
     }
   } else {
     // crypto.subtle exists only in secure contexts (https, localhost, 127.0.0.1).
     warning = `The checksum of ${file} was not checked: this page is not served over https or from localhost.`;
   }
-  configureOrt();
+  if (engine === "c") {
+    const charLstm = await createCharLstm(bytes);
+    return { site, manifest, engine, file, entry, warning, charLstm, backend: charLstm.backend() };
+  }
+  await configureOrt();
   const session = await createSession(bytes);
-  return { site, manifest, file, entry, warning, backend: new OrtStepBackend(session, manifest) };
+  return { site, manifest, engine, file, entry, warning, backend: new OrtStepBackend(session, manifest) };
 }
 
 // --------------------------------------------------------------------------- page
@@ -179,7 +201,8 @@ function describe(model) {
   const kib = (model.entry.bytes / 1024).toFixed(0);
   const loss = model.manifest.source?.best_val_loss;
   const quality = loss ? `, validation loss ${loss.toFixed(3)} nats/char` : "";
-  return `${model.manifest.name}: ${m.layers} × ${m.units} LSTM, ${m.vocab_size} characters, ${model.file} (${kib} KiB${quality})`;
+  const what = model.engine === "c" ? `, the int8 C step in WebAssembly${model.charLstm.simd ? " SIMD" : ""}` : "";
+  return `${model.manifest.name}: ${m.layers} × ${m.units} LSTM, ${m.vocab_size} characters, ${model.file} (${kib} KiB${what}${quality})`;
 }
 
 // Give the browser a task boundary every ~16 ms (a frame) so it paints the stream and handles
@@ -285,6 +308,7 @@ async function start() {
     page.model = model;
     page.generator = new Generator(model.backend);
     $("model-info").textContent = describe(model);
+    if (model.engine === "c") $("engine").textContent = "char_lstm.c compiled to WebAssembly (int8, SIMD, 1 thread)";
     $("status").textContent = "Ready.";
     if (model.warning) {
       $("warning").textContent = model.warning;
@@ -302,13 +326,20 @@ async function start() {
   });
   $("continue").addEventListener("click", onContinue);
   setRunning(false);
-  return { variant, file: page.model.file, ortVersion: ort.env.versions?.web ?? null };
+  if (page.model.engine === "c") {
+    const m = page.model.charLstm;
+    return { variant, file: page.model.file, engine: "c", simd: m.simd, wasmBytes: page.model.entry.bytes };
+  }
+  return { variant, file: page.model.file, engine: "onnx", ortVersion: ort.env.versions?.web ?? null };
 }
 
 // --------------------------------------------------------------------------- API
 
-/** Mean µs per step over each round, for `model` (default: the loaded one) at batch 1. */
-async function timeSteps({ steps = 500, rounds = 5, warmup = 50, model = null } = {}) {
+/**
+ * Mean µs per step over each round, for `model` (ONNX engine: another model file; default the
+ * loaded one) at batch 1, through the generator's backend; raw (C engine): the wasm call alone.
+ */
+async function timeSteps({ steps = 500, rounds = 5, warmup = 50, model = null, raw = false } = {}) {
   let backend = page.model.backend;
   if (model) {
     const session = await createSession(await fetchBytes(model));
@@ -316,13 +347,22 @@ async function timeSteps({ steps = 500, rounds = 5, warmup = 50, model = null } 
   }
   let state = backend.zeroState();
   let token = 0;
-  const run = async (n) => {
-    for (let i = 0; i < n; i++) {
-      const out = await backend.step(token, state);
-      state = out.state;
-      token = (token + 1) % backend.vocab.length;
-    }
-  };
+  const charLstm = page.model.charLstm;
+  const run =
+    raw && charLstm
+      ? async (n) => {
+          for (let i = 0; i < n; i++) {
+            charLstm.step(state, token);
+            token = (token + 1) % backend.vocab.length;
+          }
+        }
+      : async (n) => {
+          for (let i = 0; i < n; i++) {
+            const out = await backend.step(token, state);
+            state = out.state;
+            token = (token + 1) % backend.vocab.length;
+          }
+        };
   await run(warmup);
   const perRound = Math.max(1, Math.floor(steps / rounds));
   const us = [];
@@ -332,7 +372,7 @@ async function timeSteps({ steps = 500, rounds = 5, warmup = 50, model = null } 
     await run(perRound);
     us.push(((performance.now() - t0) * 1000) / perRound);
   }
-  return { us_per_step: us, steps_per_round: perRound, threads: ort.env.wasm.numThreads };
+  return { us_per_step: us, steps_per_round: perRound, threads: ort ? ort.env.wasm.numThreads : 1 };
 }
 
 const ready = start();
@@ -365,6 +405,12 @@ window.toolkit = {
       rows.push(Array.from(session.logits));
     }
     return rows;
+  },
+  /** C engine: greedy decoding with the whole loop inside wasm (int8 argmax). */
+  async greedyInWasm({ prompt = "", length = 200 } = {}) {
+    await ready;
+    if (!page.model.charLstm) throw new ModelError("greedyInWasm needs the C engine (toolkit web --engine c)");
+    return page.model.charLstm.greedy(prompt, length);
   },
   timeSteps,
   GenerationError,

@@ -1,7 +1,7 @@
-"""Step backends, one module each (numpy, onnx, tflite, tflm, keras): the step of
+"""Step backends, one module each (numpy, onnx, tflite, tflm, c, keras): the step of
 toolkit/runtime/step.py on a model file. Each imports its library (onnxruntime, LiteRT,
-TFLite Micro, TensorFlow for keras) only when it is opened, so `import toolkit.runtime`
-imports none of them.
+TFLite Micro, TensorFlow for keras; c compiles the generated C) only when it is opened, so
+`import toolkit.runtime` imports none of them.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from toolkit.runtime.manifest import Manifest, file_format, read_verified
 from toolkit.runtime.step import StepBackend
 
 # Every runtime `load` and `toolkit generate --runtime` accept; keras reads a run directory.
-RUNTIMES = ("onnx", "tflite", "tflm", "numpy", "keras")
+RUNTIMES = ("onnx", "tflite", "tflm", "c", "numpy", "keras")
 
 
 def open_backend(
     model_dir: Path, manifest: Manifest, runtime: str, quantization: str, threads: int = 1
 ) -> StepBackend:
     """The backend of `runtime` on the folder's file of that quantization, checksum verified."""
-    if runtime == "numpy" and not manifest.has("numpy", quantization):
+    if runtime == "numpy" and quantization == "none" and not manifest.has("numpy", "none"):
         return _numpy_from_onnx(model_dir, manifest)
     artifact = manifest.artifact(file_format(runtime), quantization)
     data = read_verified(model_dir, artifact)
@@ -36,6 +36,10 @@ def open_backend(
         from toolkit.runtime.backends.tflm import TFLMBackend
 
         return TFLMBackend.from_artifact(data, artifact, manifest.model)
+    if runtime == "c":
+        from toolkit.runtime.backends.c import CBackend
+
+        return CBackend.from_artifact(model_dir, artifact, data, manifest.model)
     if runtime == "numpy":
         from toolkit.runtime.backends.numpy import NumpyBackend
 

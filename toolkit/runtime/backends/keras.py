@@ -15,6 +15,7 @@ import numpy as np
 
 from toolkit.config import ModelConfig
 from toolkit.errors import ModelFileError, first_line
+from toolkit.runtime.manifest import model_config
 from toolkit.runtime.step import StepOutput
 from toolkit.vocabulary import Vocabulary
 
@@ -81,13 +82,7 @@ def read_run(run_dir: Path) -> tuple[Vocabulary, ModelConfig, dict[str, Any]]:
         raise ModelFileError(f"not a run directory (no run.json): {run_dir}")
     try:
         info: dict[str, Any] = json.loads((run_dir / "run.json").read_text())
-        m = info["model"]
-        shape = ModelConfig(
-            vocab_size=int(m["vocab_size"]),
-            embedding_dim=int(m["embedding_dim"]),
-            units=int(m["units"]),
-            layers=int(m["layers"]),
-        )
+        shape = model_config(info["model"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise ModelFileError(f"{run_dir / 'run.json'} is unreadable") from None
     return Vocabulary.load(run_dir / "vocab.json"), shape, info
