@@ -1,0 +1,149 @@
+"""The engine and the state token in process: the batched draw equals the generation loop's
+per row, rows leave within a step, the prefix cache keeps its bound, tokens round-trip and
+refuse what is not theirs, batch invariance is measured, /health says loading and shutting
+down."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from toolkit.runtime import load
+from toolkit.runtime.sampling import Sampler, SamplingOptions, overflow_detected
+from toolkit.serve.api import Server, create_app
+from toolkit.serve.engine import Engine, Event, PrefixCache, Request, batch_invariant, draw_tokens
+from toolkit.serve.model import ServedModel, ServeLimits
+from toolkit.serve.state_token import StateCodec, StateTokenError, StreamState
+
+MODEL = Path(__file__).resolve().parents[2] / "exported" / "shakespeare"
+
+
+def test_draw_tokens_equals_the_generation_loops_draw_per_row() -> None:
+    """Mixed options in one batch: each row's token is the batch-1 Sampler's for that row's
+    uniform (the float32 path with its float64 redo, greedy, top-k, top-p)."""
+    rng = np.random.default_rng(0)
+    options = [
+        SamplingOptions(0.8),
+        SamplingOptions(0.0),
+        SamplingOptions(1.3),
+        SamplingOptions(0.8, top_k=5),
+        SamplingOptions(0.6, top_p=0.9),
+        SamplingOptions(0.02),  # exp overflows float32: the float64 redo
+        SamplingOptions(3.0),
+    ]
+    for trial in range(300):
+        logits = (rng.standard_normal((len(options), 65)) * 4).astype(np.float32)
+        seeds = [trial * 100 + row for row in range(len(options))]
+        # Each row's uniform is the first of its own random stream, which the batch-1
+        # Sampler below draws from the same seed.
+        uniforms = np.array([np.random.default_rng(seed).random() for seed in seeds])
+        ours = draw_tokens(logits, options, uniforms)
+        for row, o in enumerate(options):
+            stream = np.random.default_rng(seeds[row])
+            sampler = Sampler(1, o.temperature, o.top_k, o.top_p, stream, block=1)
+            with overflow_detected():
+                expected = sampler.row_drawer(65)(logits[row : row + 1])
+            assert ours[row] == expected, (row, o)
+
+
+def test_prefix_cache_is_lru_within_its_bytes() -> None:
+    h = np.zeros((1, 512), np.float32)
+    logits = np.zeros(65, np.float32)
+    one = 8 * 3 + 2 * h.nbytes + logits.nbytes + 200
+    cache = PrefixCache(3 * one)
+    for key in ((1, 2, 3), (4, 5, 6), (7, 8, 9)):
+        cache.put(key, h, h, logits)
+    assert cache.get((1, 2, 3)) is not None  # now the most recent
+    cache.put((10, 11, 12), h, h, logits)
+    assert cache.get((4, 5, 6)) is None and cache.get((1, 2, 3)) is not None
+    assert len(cache) == 3 and cache.bytes <= cache.max_bytes
+
+
+def test_state_token_round_trip_and_refusals() -> None:
+    rng = np.random.default_rng(4)
+    rng.random(17)
+    state = StreamState(
+        rng.standard_normal((2, 8)).astype(np.float32),
+        rng.standard_normal((2, 8)).astype(np.float32),
+        rng.standard_normal(5).astype(np.float32),
+        rng.bit_generator.state,
+    )
+    codec = StateCodec("ab" * 32, 2, 8, 5)
+    back = codec.decode(codec.encode(state))
+    assert np.array_equal(back.h, state.h) and np.array_equal(back.c, state.c)
+    assert np.array_equal(back.logits, state.logits)
+    assert back.rng_state == state.rng_state
+    token = codec.encode(state)
+    assert len(token) == codec.token_chars
+    cases = {
+        token[:-4] + ("AAAA" if token[-4:] != "AAAA" else "BBBB"): "integrity",
+        StateCodec("cd" * 32, 2, 8, 5).encode(state): "another model",
+        token + "A" * 10: "characters",
+        "cls1.!!!!": "base64",
+        "nope": "not a state token",
+    }
+    for bad, fragment in cases.items():
+        with pytest.raises(StateTokenError, match=fragment):
+            codec.decode(bad)
+    # A secret makes another server's tokens (same model, no secret) fail the check.
+    with pytest.raises(StateTokenError, match="integrity"):
+        StateCodec("ab" * 32, 2, 8, 5, secret="s3cret").decode(token)
+
+
+def test_batch_invariance_is_measured() -> None:
+    fp32 = load(MODEL, runtime="onnx", variant="fp32")
+    int8 = load(MODEL, runtime="onnx", variant="int8")
+    shape = (fp32.layers, fp32.units)
+    assert batch_invariant(fp32.backend, shape, 65) is True
+    assert batch_invariant(int8.backend, shape, 65) is False  # one activation scale per batch
+
+
+def test_a_cancelled_request_leaves_before_the_next_step() -> None:
+    generator = load(MODEL, runtime="onnx")
+    engine = Engine(generator.backend, generator.vocab, (generator.layers, generator.units))
+    events: list[Event] = []
+    steps: list[int] = []
+    engine.on_step = steps.append
+    request = Request(
+        [generator.vocab.index[c] for c in "ROMEO:"],
+        max_tokens=100_000,
+        options=SamplingOptions(1.0),
+        deliver=lambda r, batch: events.extend(batch),
+    )
+    engine.start()
+    try:
+        engine.submit(request)
+        deadline = time.monotonic() + 10
+        while len(steps) < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        engine.cancel(request)
+        taken = len(steps)
+        while request.finished_at is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert len(steps) - taken <= 1  # at most the step under way when it was cancelled
+        assert events[-1].finish_reason == "cancelled"
+        assert not engine.rows and not engine.running
+    finally:
+        engine.close()
+
+
+def test_health_is_503_while_loading_and_shutting_down() -> None:
+    model = ServedModel(MODEL)
+    server = Server(model, ServeLimits())
+    client = TestClient(create_app(server))
+    assert client.get("/health").status_code == 503  # not loaded yet
+    response = client.post("/v1/completions", json={"prompt": "A"})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+    server.load(on_error=lambda message: None)
+    assert server.loaded.wait(30)
+    assert client.get("/health").json() == {"status": "ok"}
+    server.begin_shutdown(timeout_s=0)
+    assert client.get("/health").status_code == 503
+    assert client.post("/v1/completions", json={"prompt": "A"}).status_code == 503
+    server.close()

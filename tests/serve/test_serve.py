@@ -1,0 +1,424 @@
+"""`toolkit serve` against a real server process on 127.0.0.1, with the `openai` client and
+httpx: the same text as `toolkit generate` (greedy, seeded, n, stream or not, alone or among
+32), continuing from a state token, cancel, every bad input, limits, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from toolkit.runtime import Generator, load
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "exported" / "shakespeare"
+KEY = "test-key"
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    url: str  # http://127.0.0.1:PORT
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def start_server(*args: str) -> ServerProcess:
+    """`toolkit serve --port 0 ARGS`; waits for its URL line and for /health to say ok."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", "serve", str(MODEL), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert " at http://" in line, line + (proc.stderr.read() if proc.stderr else "")
+    url = line.split(" at ")[-1].strip().removesuffix("/v1")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return ServerProcess(proc, url)
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    running = start_server("--max-batch", "64", "--cache-mb", "1")
+    yield running
+    assert running.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def generator() -> Generator:
+    return load(MODEL, runtime="onnx")
+
+
+def reference(generator: Generator, prompt: str, length: int, **options: Any) -> list[str]:
+    """What `toolkit generate` prints for these options (the same library call)."""
+    return generator.generate(prompt, length=length, **options).texts
+
+
+# --------------------------------------------------------------------------- same text
+
+
+def test_greedy_equals_toolkit_generate(client: openai.OpenAI) -> None:
+    command = ["generate", str(MODEL), "--prompt", "ROMEO:", "--length", "120"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit", *command, "--temperature", "0", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    expected = json.loads(proc.stdout)["texts"][0]
+    answer = client.completions.create(
+        model="shakespeare", prompt="ROMEO:", max_tokens=120, temperature=0
+    )
+    assert answer.choices[0].text == expected
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (6, 120)
+
+
+def test_seeded_stream_equals_non_stream_equals_generate(
+    client: openai.OpenAI, generator: Generator
+) -> None:
+    expected = reference(generator, "JULIET:", 300, temperature=0.9, seed=7, stop="\n\n")[0]
+    plain = client.completions.create(
+        model="shakespeare", prompt="JULIET:", max_tokens=300, temperature=0.9, seed=7, stop="\n\n"
+    )
+    chunks = list(
+        client.completions.create(
+            model="shakespeare",
+            prompt="JULIET:",
+            max_tokens=300,
+            temperature=0.9,
+            seed=7,
+            stop="\n\n",
+            stream=True,
+        )
+    )
+    streamed = "".join(chunk.choices[0].text for chunk in chunks)
+    assert plain.choices[0].text == streamed == expected
+    assert "\n\n" not in streamed
+    assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+    # A long text comes in pieces as it is made, not at the end.
+    long = client.completions.create(
+        model="shakespeare", prompt="A", max_tokens=5000, temperature=1.0, stream=True
+    )
+    assert len(list(long)) >= 3
+
+
+def test_top_k_top_p_echo_and_prompt_list(client: openai.OpenAI, generator: Generator) -> None:
+    prompts = ["ROMEO:", "KING HENRY:"]
+    answer = client.completions.create(
+        model="shakespeare",
+        prompt=prompts,
+        max_tokens=80,
+        temperature=0.7,
+        top_p=0.9,
+        seed=3,
+        echo=True,
+        extra_body={"top_k": 12},
+    )
+    for i, prompt in enumerate(prompts):
+        expected = reference(generator, prompt, 80, temperature=0.7, top_k=12, top_p=0.9, seed=3)
+        assert answer.choices[i].index == i
+        assert answer.choices[i].text == prompt + expected[0]
+
+
+def test_n_samples_equal_generate_num_samples(client: openai.OpenAI, generator: Generator) -> None:
+    answer = client.completions.create(
+        model="shakespeare", prompt="First Citizen:", max_tokens=100, temperature=1.0, seed=5, n=4
+    )
+    expected = reference(generator, "First Citizen:", 100, temperature=1.0, seed=5, num_samples=4)
+    assert [c.text for c in sorted(answer.choices, key=lambda c: c.index)] == expected
+    assert len(set(expected)) == 4
+
+
+def test_32_concurrent_seeded_requests_equal_one_at_a_time(server: ServerProcess) -> None:
+    bodies = [
+        {
+            "prompt": ["ROMEO:", "JULIET:", "", "MENENIUS:"][i % 4],
+            "max_tokens": 60 + 7 * i,
+            "temperature": [0.5, 0.9, 1.3, 0][i % 4],
+            "seed": 100 + i,
+            "stop": None if i % 3 else "\n",
+            "stream": i % 2 == 0,
+        }
+        for i in range(32)
+    ]
+
+    async def one(http: httpx.AsyncClient, body: dict[str, Any]) -> str:
+        if not body["stream"]:
+            response = await http.post("/completions", json=body)
+            return str(response.json()["choices"][0]["text"])
+        text = ""
+        async with http.stream("POST", "/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    text += json.loads(line[6:])["choices"][0]["text"]
+        return text
+
+    async def run(concurrent: bool) -> list[str]:
+        async with httpx.AsyncClient(base_url=server.v1, timeout=120) as http:
+            if concurrent:
+                return list(await asyncio.gather(*(one(http, b) for b in bodies)))
+            return [await one(http, b) for b in bodies]
+
+    together = asyncio.run(run(True))
+    alone = asyncio.run(run(False))
+    assert together == alone
+    assert len(set(together)) > 20
+
+
+def test_continue_from_state_equals_one_stream(client: openai.OpenAI, generator: Generator) -> None:
+    whole = reference(generator, "ROMEO:", 150, temperature=0.8, seed=11)[0]
+    first = client.completions.create(
+        model="shakespeare",
+        prompt="ROMEO:",
+        max_tokens=90,
+        temperature=0.8,
+        seed=11,
+        extra_body={"return_state": True},
+    )
+    token = first.choices[0].model_extra["state"]
+    second = client.completions.create(
+        model="shakespeare",
+        prompt="",
+        max_tokens=60,
+        temperature=0.8,
+        extra_body={"state": token},
+    )
+    assert first.choices[0].text + second.choices[0].text == whole
+    # The prompt of a continuation is fed first, as a session's feed then sample.
+    session = generator.session()
+    session.feed("ROMEO:")
+    rng = np.random.default_rng(11)
+    head = session.sample(90, temperature=0.8, rng=rng)[0]
+    session.feed("\nJULIET:")
+    tail = session.sample(40, temperature=0.8, rng=rng)[0]
+    third = client.completions.create(
+        model="shakespeare",
+        prompt="\nJULIET:",
+        max_tokens=40,
+        temperature=0.8,
+        extra_body={"state": token},
+    )
+    assert head == first.choices[0].text and third.choices[0].text == tail
+
+
+def test_prefix_cache_hits_give_the_same_text(server: ServerProcess) -> None:
+    def hits() -> float:
+        metrics = httpx.get(server.url + "/metrics").text
+        line = next(x for x in metrics.splitlines() if x.startswith("toolkit_prefix_cache_hits"))
+        return float(line.split()[-1])
+
+    body = {"prompt": "DUKE VINCENTIO:\nThe", "max_tokens": 50, "temperature": 1.0, "seed": 9}
+    before = hits()
+    texts = [httpx.post(server.v1 + "/completions", json=body).json() for _ in range(2)]
+    assert texts[0]["choices"] == texts[1]["choices"]
+    assert hits() == before + 1
+
+
+def test_cancelled_stream_frees_its_row(server: ServerProcess) -> None:
+    body = {"prompt": "ROMEO:", "max_tokens": 100_000, "temperature": 1.0, "stream": True}
+    with (
+        httpx.Client(base_url=server.v1, timeout=30) as http,
+        http.stream("POST", "/completions", json=body) as response,
+    ):
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk, then hang up
+    deadline = time.monotonic() + 10
+    while True:
+        metrics = httpx.get(server.url + "/metrics").text
+        if "toolkit_requests_running 0.0" in metrics:
+            break
+        assert time.monotonic() < deadline, "the cancelled stream kept its row"
+        time.sleep(0.05)
+
+
+def test_models_health_and_metrics(server: ServerProcess) -> None:
+    models = httpx.get(server.v1 + "/models").json()
+    card = models["data"][0]
+    assert (card["id"], card["runtime"], card["variant"]) == ("shakespeare", "onnx", "fp32")
+    assert card["batch_invariant"] is True
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    metrics = httpx.get(server.url + "/metrics").text
+    for name in (
+        "toolkit_requests_running",
+        "toolkit_requests_waiting",
+        "toolkit_generated_chars_total",
+        "toolkit_time_to_first_char_seconds",
+        "toolkit_inter_char_latency_seconds",
+        "toolkit_request_latency_seconds",
+        "toolkit_queue_time_seconds",
+        "toolkit_batch_size",
+        "toolkit_prefix_cache_hits_total",
+    ):
+        assert name in metrics, name
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def tampered(token: str) -> str:
+    middle = len(token) // 2
+    return token[:middle] + ("A" if token[middle] != "A" else "B") + token[middle + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        ({"prompt": "Caf\u00e9 \u20ac"}, 422, "'\u00e9', '\u20ac'"),
+        ({"prompt": 5}, 422, "prompt"),
+        ({"max_tokens": -1}, 422, "max_tokens"),
+        ({"max_tokens": 10**9}, 422, "max_tokens"),
+        ({"max_tokens": "10"}, 422, "max_tokens"),
+        ({"temperature": -1}, 422, "temperature"),
+        ({"top_p": 0}, 422, "top_p"),
+        ({"n": 17}, 422, "n must be"),
+        ({"stop": ["a"] * 20}, 422, "stop"),
+        ({"prompt": "a" * 100_001}, 422, "100000"),
+        ({"prompt": []}, 422, "prompt"),
+        ({"logprobs": 3}, 422, "logprobs"),
+        ({"model": "gpt-4"}, 404, "does not exist"),
+        ({"state": "cls1.AAAA"}, 422, "truncated"),
+        ({"state": "x" * 100_000}, 422, "characters"),
+        ({"state": "hello"}, 422, "not a state token"),
+        ({"stream": "yes"}, 422, "stream"),
+        (b"[" * 600_000 + b"]" * 600_000, 413, "over"),
+    ],
+)
+def test_bad_input_is_a_json_error(
+    server: ServerProcess, body: object, status: int, fragment: str
+) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(
+        server.v1 + "/completions",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "code"}
+    assert fragment in error["message"]
+
+
+def test_tampered_and_foreign_state_tokens_are_refused(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    from toolkit.serve.state_token import StateCodec
+
+    first = client.completions.create(
+        model="shakespeare", prompt="A", max_tokens=3, extra_body={"return_state": True}
+    )
+    token = first.choices[0].model_extra["state"]
+    card = httpx.get(server.v1 + "/models").json()["data"][0]
+    sizes = card["layers"], card["units"], card["vocab_size"]
+    state = StateCodec(card["sha256"], *sizes).decode(token)
+    foreign = StateCodec("00" * 32, *sizes).encode(state)
+    for bad, fragment in ((tampered(token), "integrity"), (foreign, "another model")):
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            client.completions.create(
+                model="shakespeare", prompt="", max_tokens=3, extra_body={"state": bad}
+            )
+        assert fragment in str(caught.value)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@pytest.fixture(scope="module")
+def small_server() -> Iterator[ServerProcess]:
+    running = start_server(
+        "--api-key", KEY, "--max-batch", "2", "--max-queue", "1", "--request-timeout", "3",
+        "--shutdown-timeout", "1",
+    )  # fmt: skip
+    yield running
+    running.stop()
+
+
+def test_api_key_is_required(small_server: ServerProcess) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = httpx.post(
+            small_server.v1 + "/completions", json={"max_tokens": 1}, headers=headers
+        )
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    keyed = openai.OpenAI(base_url=small_server.v1, api_key=KEY, max_retries=0)
+    assert keyed.completions.create(model="shakespeare", prompt="A", max_tokens=5).choices
+    assert httpx.get(small_server.url + "/health").status_code == 200  # probes need no key
+
+
+def test_full_queue_is_429_and_time_limit_ends_a_stream(small_server: ServerProcess) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    long = {"prompt": "A", "max_tokens": 100_000, "temperature": 1.0}
+
+    async def run() -> tuple[list[int], list[str]]:
+        async with httpx.AsyncClient(base_url=small_server.v1, headers=headers, timeout=60) as h:
+            running = []
+            for _ in range(3):  # two join the batch, the third waits
+                running.append(asyncio.create_task(h.post("/completions", json=long)))
+                await asyncio.sleep(0.4)
+            refused = await h.post("/completions", json=long)
+            done = await asyncio.gather(*running)
+            reasons = [r.json()["choices"][0]["finish_reason"] for r in done]
+            return [refused.status_code, *[r.status_code for r in done]], reasons
+
+    statuses, reasons = asyncio.run(run())
+    assert statuses == [429, 200, 200, 200]
+    assert reasons == ["timeout"] * 3
+
+
+def test_shutdown_ends_open_streams_with_abort_and_exits_0(
+    small_server: ServerProcess,
+) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"prompt": "A", "max_tokens": 100_000, "stream": True, "temperature": 1.0}
+    events: list[str] = []
+    with (
+        httpx.Client(base_url=small_server.v1, headers=headers, timeout=30) as http,
+        http.stream("POST", "/completions", json=body) as response,
+    ):
+        for line in response.iter_lines():
+            if line.startswith("data: ") and not events:
+                small_server.proc.send_signal(signal.SIGTERM)
+            if line.startswith("data: "):
+                events.append(line[6:])
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "abort"
+    assert small_server.proc.wait(timeout=30) == 0

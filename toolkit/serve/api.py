@@ -1,0 +1,556 @@
+"""The HTTP API: OpenAI's completions (so the `openai` client works unchanged), models,
+health and Prometheus metrics, in front of the engine.
+
+Errors have vLLM's and OpenAI's shape, `{"error": {"message", "type", "code"}}`: 400 for a
+body that is not JSON, 422 for a request that is (wrong types, limits, unknown characters,
+bad state tokens), 401 without the API key, 404 for another model, 413 for a body over the
+limit, 429 when the queue is full, 503 while loading or shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+
+from toolkit.errors import UsageError
+from toolkit.runtime.sampling import SamplingOptions
+from toolkit.serve.engine import Engine, Event, NotAccepting, QueueFull, Request
+from toolkit.serve.model import ServedModel, ServeLimits
+from toolkit.serve.state_token import StateTokenError, StreamState
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.type, self.code)
+
+
+def error_response(status: int, message: str, type_: str, code: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "code": code}}, status_code=status
+    )
+
+
+def invalid(message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(422, message, "invalid_request_error", code)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool = False
+
+
+class CompletionBody(BaseModel):
+    """POST /v1/completions. Lengths are in characters (a token is a character here)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    prompt: StrictStr | list[StrictStr] = ""
+    max_tokens: StrictInt = 16
+    temperature: float = Field(1.0, ge=0, le=100)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: StrictInt = Field(0, ge=-1)  # -1 or 0: no limit
+    n: StrictInt = Field(1, ge=1)
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = Field(None, ge=0, lt=2**63)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    echo: StrictBool = False
+    # Beyond OpenAI's API: the stream's state as a token, and continuing from one.
+    return_state: StrictBool = False
+    state: StrictStr | None = None
+    # OpenAI parameters this server does not implement: refused unless left at their default.
+    logprobs: Literal[None] = None
+    suffix: Literal[None] = None
+    best_of: StrictInt | None = None
+    presence_penalty: Literal[0, None] = None
+    frequency_penalty: Literal[0, None] = None
+    logit_bias: dict[str, Any] | None = None
+
+
+@dataclass
+class Prepared:
+    """A checked request: one engine request per prompt."""
+
+    body: CompletionBody
+    prompts: list[str]
+    requests: list[Request]
+    queue: asyncio.Queue[tuple[int, list[Event]]]
+
+
+class Metrics:
+    """The Prometheus metrics, in a registry of the server's own."""
+
+    def __init__(self, engine_of: Callable[[], Engine | None]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        latency = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self.ttfc = Histogram(
+            "toolkit_time_to_first_char_seconds",
+            "From arrival to the first character drawn",
+            buckets=latency,
+            registry=self.registry,
+        )
+        self.inter_char = Histogram(
+            "toolkit_inter_char_latency_seconds",
+            "Per request: the mean time between its characters",
+            buckets=(1e-4, 2.5e-4, 5e-4, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "toolkit_request_latency_seconds",
+            "From arrival to the last character",
+            buckets=(*latency, 60, 120),
+            registry=self.registry,
+        )
+        self.queue_time = Histogram(
+            "toolkit_queue_time_seconds",
+            "From arrival to joining the batch",
+            buckets=latency,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "toolkit_batch_size",
+            "Rows in each batched step",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.registry.register(_EngineCollector(engine_of))
+
+    def finished(self, request: Request) -> None:
+        end = request.finished_at or time.perf_counter()
+        if request.admitted is not None:
+            self.queue_time.observe(request.admitted - request.arrived)
+        if request.first_char_at is not None:
+            self.ttfc.observe(request.first_char_at - request.arrived)
+            per_choice = request.chars / max(1, request.n)
+            if per_choice > 1:
+                self.inter_char.observe((end - request.first_char_at) / (per_choice - 1))
+        self.request_latency.observe(end - request.arrived)
+
+
+class _EngineCollector:
+    def __init__(self, engine_of: Callable[[], Engine | None]) -> None:
+        self.engine_of = engine_of
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        engine = self.engine_of()
+        running = len(engine.running) if engine else 0
+        waiting = len(engine.waiting) if engine else 0
+        chars = engine.stats.chars if engine else 0
+        hits = engine.stats.cache_hits if engine else 0
+        return [
+            GaugeMetricFamily("toolkit_requests_running", "Requests in the batch", value=running),
+            GaugeMetricFamily("toolkit_requests_waiting", "Requests queued", value=waiting),
+            CounterMetricFamily(
+                "toolkit_generated_chars", "Characters generated", value=float(chars)
+            ),
+            CounterMetricFamily(
+                "toolkit_prefix_cache_hits", "Prompts whose state came from the cache", value=hits
+            ),
+        ]
+
+
+class Server:
+    """What the routes share: the model (once loaded), the engine, the limits, the state."""
+
+    def __init__(self, model: ServedModel, limits: ServeLimits) -> None:
+        self.model = model
+        self.limits = limits
+        self.engine: Engine | None = None
+        self.status: Literal["loading", "ok", "shutting down", "error"] = "loading"
+        self.load_error: str | None = None
+        self.metrics = Metrics(lambda: self.engine)
+        self.loaded = threading.Event()
+
+    # ----------------------------------------------------------------- life cycle
+
+    def load(self, on_error: Callable[[str], None]) -> None:
+        """Opens the backend and starts the engine on a thread, so that /health answers 503
+        meanwhile; `on_error` gets a one-line message if it cannot."""
+
+        def run() -> None:
+            try:
+                engine = self.model.open_engine(self.limits)
+            except Exception as exc:
+                self.status, self.load_error = "error", str(exc).splitlines()[0]
+                self.loaded.set()
+                on_error(self.load_error)
+                return
+            engine.on_step = self.metrics.batch_size.observe
+            engine.on_finish = self.metrics.finished
+            engine.start()
+            self.engine = engine
+            if self.status == "loading":
+                self.status = "ok"
+            self.loaded.set()
+
+        threading.Thread(target=run, name="toolkit-load", daemon=True).start()
+
+    def begin_shutdown(self, timeout_s: float) -> None:
+        """Stop accepting; open streams may finish for `timeout_s`, then end with "abort"."""
+        self.status = "shutting down"
+        engine = self.engine
+        if engine is None:
+            return
+        engine.stop_accepting()
+        timer = threading.Timer(timeout_s, engine.abort_all)
+        timer.daemon = True
+        timer.start()
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.abort_all()
+            self.engine.close()
+
+    # ----------------------------------------------------------------- requests
+
+    def prepare(self, data: Any, loop: asyncio.AbstractEventLoop) -> Prepared:
+        try:
+            body = CompletionBody.model_validate(data)
+        except PydanticValidationError as exc:
+            raise invalid(_validation_message(exc), "invalid_type") from None
+        limits, model = self.limits, self.model
+        if body.model is not None and body.model != model.name:
+            raise ApiError(
+                404,
+                f"model {body.model!r} does not exist; this server serves {model.name!r}",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts or len(prompts) > limits.max_prompts:
+            raise invalid(f"prompt: give 1 to {limits.max_prompts} prompts, got {len(prompts)}")
+        if not 0 <= body.max_tokens <= limits.max_tokens:
+            raise invalid(f"max_tokens must be in [0, {limits.max_tokens}], got {body.max_tokens}")
+        if body.n > limits.max_n or body.n > limits.max_batch:
+            raise invalid(f"n must be at most {min(limits.max_n, limits.max_batch)}, got {body.n}")
+        if body.best_of is not None and body.best_of != body.n:
+            raise invalid("best_of is not supported (leave it out, or equal to n)")
+        if body.logit_bias:
+            raise invalid("logit_bias is not supported")
+        stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        if len(stops) > limits.max_stops or any(not 0 < len(s) <= 100 for s in stops):
+            raise invalid(f"stop: at most {limits.max_stops} strings of 1 to 100 characters")
+        for i, prompt in enumerate(prompts):
+            if len(prompt) > limits.max_prompt_chars:
+                raise invalid(
+                    f"prompt{_at(i, prompts)} has {len(prompt)} characters; the limit is "
+                    f"{limits.max_prompt_chars} (--max-prompt-chars)",
+                    "prompt_too_long",
+                )
+            unknown = model.vocab.unknown(prompt)
+            if unknown:
+                shown = ", ".join(repr(ch) for ch in unknown[:20])
+                raise invalid(
+                    f"prompt{_at(i, prompts)} has characters not in the model's vocabulary: "
+                    f"{shown}",
+                    "unknown_characters",
+                )
+        start: StreamState | None = None
+        if body.state is not None:
+            if len(prompts) != 1:
+                raise invalid("a state token continues one stream: give a single prompt")
+            try:
+                start = model.codec.decode(body.state)
+            except StateTokenError as exc:
+                raise invalid(f"state: {exc}", "invalid_state") from None
+        top_k = max(body.top_k, 0)
+        try:
+            options = SamplingOptions(body.temperature, top_k, body.top_p)
+        except UsageError as exc:
+            raise invalid(str(exc)) from None
+        queue: asyncio.Queue[tuple[int, list[Event]]] = asyncio.Queue()
+
+        def deliver_to(base: int) -> Callable[[Request, list[Event]], None]:
+            def deliver(request: Request, events: list[Event]) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, (base, events))
+
+            return deliver
+
+        requests = []
+        for i, prompt in enumerate(prompts):
+            # An empty prompt starts a text as `generate` does (a line break); after a state
+            # token it adds nothing.
+            fed = prompt if prompt or start is not None else model.vocab.start_text
+            requests.append(
+                Request(
+                    prompt_ids=[model.vocab.index[ch] for ch in fed],
+                    max_tokens=body.max_tokens,
+                    options=options,
+                    n=body.n,
+                    stops=stops,
+                    seed=body.seed,
+                    start=start,
+                    return_state=body.return_state,
+                    timeout_s=limits.request_timeout_s,
+                    deliver=deliver_to(i * body.n),
+                )
+            )
+        return Prepared(body, prompts, requests, queue)
+
+    def submit(self, prepared: Prepared) -> None:
+        engine = self.engine
+        if engine is None or self.status != "ok":
+            raise ApiError(503, f"the server is {self.status}", "server_error", "unavailable")
+        if engine.error is not None:
+            raise ApiError(503, "the engine stopped on an error", "server_error", "unavailable")
+        submitted: list[Request] = []
+        try:
+            for request in prepared.requests:
+                engine.submit(request)
+                submitted.append(request)
+        except (QueueFull, NotAccepting) as exc:
+            for request in submitted:
+                engine.cancel(request)
+            if isinstance(exc, QueueFull):
+                raise ApiError(429, str(exc), "rate_limit_error", "queue_full") from None
+            raise ApiError(503, str(exc), "server_error", "unavailable") from None
+
+    def cancel(self, prepared: Prepared) -> None:
+        if self.engine is not None:
+            for request in prepared.requests:
+                if request.finished_at is None:
+                    self.engine.cancel(request)
+
+    async def events(self, prepared: Prepared) -> AsyncIterator[tuple[int, Event]]:
+        """Each choice's events in order, until every choice has ended."""
+        open_choices = len(prepared.requests) * prepared.body.n
+        while open_choices:
+            base, batch = await prepared.queue.get()
+            for event in batch:
+                if event.finish_reason is not None:
+                    open_choices -= 1
+                yield base + event.choice, event
+
+    def choice_extra(self, event: Event) -> dict[str, Any]:
+        if event.state is None:
+            return {}
+        return {"state": self.model.codec.encode(event.state)}
+
+    def usage(self, prepared: Prepared, completion_chars: int) -> dict[str, int]:
+        prompt_chars = sum(len(r.prompt_ids) for r in prepared.requests)
+        return {
+            "prompt_tokens": prompt_chars,
+            "completion_tokens": completion_chars,
+            "total_tokens": prompt_chars + completion_chars,
+        }
+
+
+def _at(i: int, prompts: list[str]) -> str:
+    return f"[{i}]" if len(prompts) > 1 else ""
+
+
+def _validation_message(exc: PydanticValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(server: Server) -> FastAPI:
+    app = FastAPI(title="char-lstm-toolkit", docs_url="/docs", redoc_url=None)
+    app.state.server = server
+    limits = server.limits
+
+    if limits.api_key:
+        app.add_middleware(RequireKey, key=limits.api_key)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse(
+            {"status": server.status}, status_code=200 if server.status == "ok" else 503
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [server.model.card()]})
+
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest) -> Response:
+        try:
+            data = await _read_json(request, limits.max_body_bytes)
+            prepared = server.prepare(data, asyncio.get_running_loop())
+            server.submit(prepared)
+        except ApiError as exc:
+            return exc.response()
+        meta = {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": server.model.name,
+            "system_fingerprint": server.model.fingerprint,
+        }
+        if prepared.body.stream:
+            return EventStream(_sse(server, prepared, meta), lambda: server.cancel(prepared))
+        return await _complete(server, prepared, meta, request)
+
+    return app
+
+
+async def _read_json(request: HttpRequest, max_bytes: int) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise ApiError(
+            413, f"request body over {max_bytes} bytes", "invalid_request_error", "too_large"
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(
+                413, f"request body over {max_bytes} bytes", "invalid_request_error", "too_large"
+            )
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            400, f"request body is not valid JSON: {exc}", "invalid_request_error", "invalid_json"
+        ) from None
+
+
+async def _complete(
+    server: Server, prepared: Prepared, meta: dict[str, Any], http: HttpRequest
+) -> Response:
+    """The whole answer at once; a client that goes away cancels its rows."""
+    watcher = asyncio.create_task(_watch_disconnect(http.receive, lambda: server.cancel(prepared)))
+    n_choices = len(prepared.requests) * prepared.body.n
+    texts = ["" for _ in range(n_choices)]
+    choices: list[dict[str, Any]] = [{} for _ in range(n_choices)]
+    try:
+        async for index, event in server.events(prepared):
+            texts[index] += event.text
+            if event.finish_reason is not None:
+                choices[index] = {
+                    "index": index,
+                    "text": "",
+                    "logprobs": None,
+                    "finish_reason": event.finish_reason,
+                    **server.choice_extra(event),
+                }
+    finally:
+        watcher.cancel()
+    n = prepared.body.n
+    for index, choice in enumerate(choices):
+        prefix = prepared.prompts[index // n] if prepared.body.echo else ""
+        choice["text"] = prefix + texts[index]
+    generated = sum(len(t) for t in texts)
+    return JSONResponse({**meta, "choices": choices, "usage": server.usage(prepared, generated)})
+
+
+async def _sse(server: Server, prepared: Prepared, meta: dict[str, Any]) -> AsyncIterator[bytes]:
+    """Server-Sent Events: a chunk per flush of each choice's new text, a last chunk with its
+    finish_reason, usage if asked for, then [DONE]."""
+    n = prepared.body.n
+    generated = 0
+    if prepared.body.echo:
+        echoed = [
+            {"index": i, "text": prepared.prompts[i // n], "logprobs": None, "finish_reason": None}
+            for i in range(len(prepared.requests) * n)
+        ]
+        yield _event({**meta, "choices": echoed})
+    async for index, event in server.events(prepared):
+        generated += len(event.text)
+        choice = {
+            "index": index,
+            "text": event.text,
+            "logprobs": None,
+            "finish_reason": event.finish_reason,
+            **server.choice_extra(event),
+        }
+        yield _event({**meta, "choices": [choice]})
+    options = prepared.body.stream_options
+    if options is not None and options.include_usage:
+        yield _event({**meta, "choices": [], "usage": server.usage(prepared, generated)})
+    yield b"data: [DONE]\n\n"
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def _watch_disconnect(receive: Any, on_disconnect: Callable[[], None]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            on_disconnect()
+            return
+
+
+class EventStream(Response):
+    """A text/event-stream response that cancels the stream's rows as soon as the client
+    disconnects (not only at the next write)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], on_disconnect: Callable[[], None]) -> None:
+        # No Response.__init__: it would declare a Content-Length for an empty body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # proxies such as nginx: do not buffer the stream
+        ]
+        self.chunks = chunks
+        self.on_disconnect = on_disconnect
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        watcher = asyncio.create_task(_watch_disconnect(receive, self.on_disconnect))
+        try:
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away mid-write
+            self.on_disconnect()
+        finally:
+            watcher.cancel()
+
+
+class RequireKey:
+    """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` (health and metrics do
+    not, so that probes and scrapers need no secret)."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = error_response(
+                    401, "missing or wrong API key", "authentication_error", "invalid_api_key"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
