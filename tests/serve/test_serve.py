@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,49 +20,16 @@ import openai
 import pytest
 
 from toolkit.runtime import Generator, load
+from toolkit.serve.process import ServerProcess
+from toolkit.serve.process import start_server as start
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "exported" / "shakespeare"
 KEY = "test-key"
 
 
-@dataclass
-class ServerProcess:
-    proc: subprocess.Popen[str]
-    url: str  # http://127.0.0.1:PORT
-
-    @property
-    def v1(self) -> str:
-        return self.url + "/v1"
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-
 def start_server(*args: str) -> ServerProcess:
-    """`toolkit serve --port 0 ARGS`; waits for its URL line and for /health to say ok."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "toolkit", "serve", str(MODEL), "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert " at http://" in line, line + (proc.stderr.read() if proc.stderr else "")
-    url = line.split(" at ")[-1].strip().removesuffix("/v1")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return ServerProcess(proc, url)
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-        time.sleep(0.1)
+    return start(MODEL, *args)
 
 
 @pytest.fixture(scope="module")

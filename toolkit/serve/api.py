@@ -183,12 +183,17 @@ class Server:
         self.load_error: str | None = None
         self.metrics = Metrics(lambda: self.engine)
         self.loaded = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # ----------------------------------------------------------------- life cycle
 
-    def load(self, on_error: Callable[[str], None]) -> None:
+    def load(
+        self, on_error: Callable[[str], None], loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         """Opens the backend and starts the engine on a thread, so that /health answers 503
-        meanwhile; `on_error` gets a one-line message if it cannot."""
+        meanwhile; `on_error` gets a one-line message if it cannot. `loop`: the event loop the
+        requests are served on (the engine hands each flush's text to it in one call)."""
+        self.loop = loop
 
         def run() -> None:
             try:
@@ -200,6 +205,13 @@ class Server:
                 return
             engine.on_step = self.metrics.batch_size.observe
             engine.on_finish = self.metrics.finished
+            if self.loop is not None:
+                loop = self.loop
+
+                def deliver_many(batches: list[tuple[Request, list[Event]]]) -> None:
+                    loop.call_soon_threadsafe(_hand_over, batches)
+
+                engine.deliver_many = deliver_many
             engine.start()
             self.engine = engine
             if self.status == "loading":
@@ -285,7 +297,10 @@ class Server:
 
         def deliver_to(base: int) -> Callable[[Request, list[Event]], None]:
             def deliver(request: Request, events: list[Event]) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, (base, events))
+                if _on_loop(loop):
+                    queue.put_nowait((base, events))  # on the loop already (_hand_over)
+                else:
+                    loop.call_soon_threadsafe(queue.put_nowait, (base, events))
 
             return deliver
 
@@ -356,6 +371,19 @@ class Server:
             "completion_tokens": completion_chars,
             "total_tokens": prompt_chars + completion_chars,
         }
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _hand_over(batches: list[tuple[Request, list[Event]]]) -> None:
+    """On the event loop: a flush's events to their requests' queues."""
+    for request, events in batches:
+        request.deliver(request, events)
 
 
 def _at(i: int, prompts: list[str]) -> str:
@@ -470,15 +498,18 @@ async def _complete(
 
 async def _sse(server: Server, prepared: Prepared, meta: dict[str, Any]) -> AsyncIterator[bytes]:
     """Server-Sent Events: a chunk per flush of each choice's new text, a last chunk with its
-    finish_reason, usage if asked for, then [DONE]."""
+    finish_reason, usage if asked for, then [DONE]. The fields every chunk repeats are
+    rendered once."""
     n = prepared.body.n
     generated = 0
+    head = b"data: " + json.dumps({**meta, "choices": []}, ensure_ascii=False).encode()[:-3]
     if prepared.body.echo:
         echoed = [
             {"index": i, "text": prepared.prompts[i // n], "logprobs": None, "finish_reason": None}
             for i in range(len(prepared.requests) * n)
         ]
         yield _event({**meta, "choices": echoed})
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
     async for index, event in server.events(prepared):
         generated += len(event.text)
         choice = {
@@ -488,7 +519,7 @@ async def _sse(server: Server, prepared: Prepared, meta: dict[str, Any]) -> Asyn
             "finish_reason": event.finish_reason,
             **server.choice_extra(event),
         }
-        yield _event({**meta, "choices": [choice]})
+        yield head + b"[" + dumps(choice).encode() + b"]}\n\n"
     options = prepared.body.stream_options
     if options is not None and options.include_usage:
         yield _event({**meta, "choices": [], "usage": server.usage(prepared, generated)})

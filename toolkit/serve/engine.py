@@ -36,9 +36,14 @@ from toolkit.runtime.step import StepBackend
 from toolkit.serve.state_token import StreamState
 from toolkit.vocabulary import Vocabulary
 
-# Streamed text is handed to the HTTP side at most this often (as `generate` streams to a
-# terminal): one hand-over per flush for every request, not one per character.
-FLUSH_INTERVAL_S = 0.02
+
+def flush_interval(rows: int) -> float:
+    """How often streamed text is handed to the HTTP side: every 20 ms (as `generate` streams
+    to a terminal), stretched to 50 ms as the batch grows past 25 streams, where sending the
+    chunks costs the step CPU time (benchmarks/reports/serve.md)."""
+    return min(0.05, max(0.02, 0.0008 * rows))
+
+
 FINISH_REASONS = ("stop", "length", "abort", "timeout", "cancelled")
 
 
@@ -91,16 +96,14 @@ class Request:
 class Row:
     """One row of the batch: a request's prompt pass (`choice` -1), or one of its choices."""
 
-    __slots__ = ("choice", "finish", "held", "logits", "out", "pending", "request", "sent")
+    __slots__ = ("choice", "finish", "out", "pending", "request", "sent")
 
     def __init__(self, request: Request, choice: int, pending: list[int]) -> None:
         self.request = request
         self.choice = choice
         self.pending = pending  # prompt tokens still to feed, last first (popped from the end)
-        self.logits: np.ndarray | None = None  # [vocab] float32: what the next draw uses
         self.out: list[int] = []  # the choice's token ids so far
         self.sent = 0  # how many of `out` were handed over
-        self.held = 0  # `out`'s last characters that may be the start of a stop string
         # Why the row ends, once it does. "length" rows of a request that returns its state
         # stay for one more step, so that the state includes their last character (as after
         # `generate`, whose loop feeds every character it keeps).
@@ -152,30 +155,50 @@ def _entry_bytes(key: tuple[int, ...], *arrays: np.ndarray) -> int:
     return 8 * len(key) + sum(a.nbytes for a in arrays) + 200  # 200: the entry's own objects
 
 
+class DrawPlan:
+    """How a batch's rows draw their next token, each with its own options and uniform: the
+    token `Sampler` gives for that row with that uniform (greedy: argmax, no uniform).
+
+    Made once per batch membership (the engine remakes it when rows join or leave). Rows that
+    share a temperature are drawn together by one `Float64Draw`, whose arithmetic is
+    elementwise per row; top-k / top-p rows use `sample_next`'s arithmetic, as `Sampler` does.
+    """
+
+    def __init__(self, options: Sequence[SamplingOptions], vocab_size: int) -> None:
+        self.greedy = np.array([i for i, o in enumerate(options) if o.greedy], np.int64)
+        by_temperature: dict[float, list[int]] = collections.defaultdict(list)
+        self.filtered: list[tuple[int, SamplingOptions]] = []
+        for i, o in enumerate(options):
+            if o.greedy:
+                continue
+            if o.plain:
+                by_temperature[o.temperature].append(i)
+            else:
+                self.filtered.append((i, o))
+        self.plain = [
+            (np.array(rows, np.int64), Float64Draw(len(rows), vocab_size, temperature))
+            for temperature, rows in by_temperature.items()
+        ]
+
+    def draw(self, logits: np.ndarray, uniforms: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Tokens of [rows, vocab] logits into `out` (int32 [rows])."""
+        if len(self.greedy):
+            out[self.greedy] = logits[self.greedy].argmax(1)
+        with overflow_detected():
+            for rows, draw in self.plain:
+                out[rows] = draw(logits[rows], uniforms[rows], np.empty(len(rows), np.int32))
+        for i, o in self.filtered:
+            probs = next_token_probs(logits[i : i + 1], o.temperature, o.top_k, o.top_p)
+            out[i] = inverse_cdf(probs, uniforms[i : i + 1])[0]
+        return out
+
+
 def draw_tokens(
     logits: np.ndarray, options: Sequence[SamplingOptions], uniforms: np.ndarray
 ) -> np.ndarray:
-    """One token per row of [rows, vocab] logits, each row with its own options and uniform:
-    the token `Sampler` gives for that row with that uniform (greedy: argmax, no uniform).
-
-    Rows sharing a temperature are drawn together with `Float64Draw`, whose arithmetic is
-    elementwise per row; top-k / top-p rows use `sample_next`'s arithmetic, as `Sampler` does.
-    """
-    tokens = np.zeros(len(options), np.int32)
-    plain: dict[float, list[int]] = collections.defaultdict(list)
-    for row, o in enumerate(options):
-        if o.greedy:
-            tokens[row] = int(logits[row].argmax())
-        elif o.plain:
-            plain[o.temperature].append(row)
-        else:
-            probs = next_token_probs(logits[row : row + 1], o.temperature, o.top_k, o.top_p)
-            tokens[row] = inverse_cdf(probs, uniforms[row : row + 1])[0]
-    with overflow_detected():
-        for temperature, rows in plain.items():
-            draw = Float64Draw(len(rows), logits.shape[1], temperature)
-            tokens[rows] = draw(logits[rows], uniforms[rows], np.zeros(len(rows), np.int32))
-    return tokens
+    """One token per row of [rows, vocab] logits (`DrawPlan` for a single draw)."""
+    plan = DrawPlan(options, logits.shape[1])
+    return plan.draw(logits, uniforms, np.zeros(len(options), np.int32))
 
 
 def batch_invariant(backend: StepBackend, state_shape: tuple[int, int], vocab: int) -> bool:
@@ -202,8 +225,30 @@ def batch_invariant(backend: StepBackend, state_shape: tuple[int, int], vocab: i
     return True
 
 
+@dataclass
+class _Plan:
+    """What each step of one batch membership does, worked out once (remade when rows join or
+    leave): which rows draw, how, with whose uniforms, which feed a prompt."""
+
+    sampling: np.ndarray  # positions of the rows that draw
+    sampling_rows: list[Row]
+    draw: DrawPlan
+    single: np.ndarray  # positions (in `sampling`) of the one-choice requests that sample
+    single_rngs: list[np.random.Generator]  # ... and their random Generators
+    sources: list[tuple[Request, np.ndarray, np.ndarray]]  # n > 1: request, positions, choices
+    starting: list[Request]  # requests whose first character this draw is
+    stop_rows: list[tuple[int, Row]]  # (index into `sampling`, row) of rows with stop strings
+    prompts: list[tuple[int, Row]]  # (position, row) of prompt passes
+    uniforms: np.ndarray
+    tokens: np.ndarray
+
+
 class Engine:
-    """Continuous batching over one backend, on a thread of its own (`start`)."""
+    """Continuous batching over one backend, on a thread of its own (`start`).
+
+    The batch is kept as arrays aligned with `rows`: h and c [layers, rows, units], the
+    logits of the last step [rows, vocab], the characters each row may still draw.
+    """
 
     def __init__(
         self,
@@ -217,6 +262,7 @@ class Engine:
     ) -> None:
         self.backend = backend
         self.vocab = vocab
+        self.vocab_size = len(vocab)
         self.layers, self.units = state_shape
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -228,18 +274,25 @@ class Engine:
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []
         self.rows: list[Row] = []
-        self.h = np.zeros((self.layers, 0, self.units), np.float32)  # [layers, rows, units]
+        self.h = np.zeros((self.layers, 0, self.units), np.float32)
         self.c = np.zeros_like(self.h)
+        self.logits = np.zeros((0, self.vocab_size), np.float32)
+        self.remaining = np.zeros(0, np.int64)
+        self._plan: _Plan | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._accepting = True
         self._stop = False
         self._abort_requested = False
+        self._started = False  # a request drew its first character in this turn
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         # Hooks for the metrics, called on the engine thread.
         self.on_step: Callable[[int], None] = lambda batch: None
         self.on_finish: Callable[[Request], None] = lambda request: None
+        # How a flush's events reach the requests: one call for all of them (the HTTP side
+        # wakes its event loop once per flush, not once per request).
+        self.deliver_many: Callable[[list[tuple[Request, list[Event]]]], None] = _deliver_each
 
     # ----------------------------------------------------------------- the HTTP side's calls
 
@@ -272,10 +325,6 @@ class Engine:
             self._abort_requested = True
             self._wake.notify()
 
-    @property
-    def busy(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="toolkit-engine", daemon=True)
         self._thread.start()
@@ -299,20 +348,27 @@ class Engine:
                     if self._stop:
                         return
                     aborting, self._abort_requested = self._abort_requested, False
-                if aborting:
-                    self._abort()
-                self._admit()
-                self._end_rows(self._ending_before_step())
-                if self.rows:
-                    self._step()
+                self.iterate(aborting)
                 now = time.perf_counter()
-                if now >= next_flush or not self.rows:
-                    next_flush = now + FLUSH_INTERVAL_S
-                    self._flush()
+                # A stream's first characters go out at once (time to first character), the
+                # rest at the flush interval.
+                if now >= next_flush or not self.rows or self._started:
+                    self._started = False
+                    next_flush = now + flush_interval(len(self.rows))
+                    self.flush()
         except BaseException as exc:  # the HTTP side reports it; open requests get "abort"
             self.error = exc
             self._abort()
             raise
+
+    def iterate(self, aborting: bool = False) -> None:
+        """One turn of the loop: requests join, rows that must go leave, one step."""
+        if aborting:
+            self._abort()
+        self._admit()
+        self._drop_cancelled()
+        if self.rows:
+            self._step()
 
     def _abort(self) -> None:
         with self._lock:
@@ -323,14 +379,13 @@ class Engine:
             row.finish = row.finish or "abort"
         self._end_rows(list(range(len(self.rows))))
 
-    def _rows_in_use(self) -> int:
-        return sum(row.request.n if row.choice < 0 else 1 for row in self.rows)
-
     def _admit(self) -> None:
-        """Waiting requests join while their choices fit in the batch."""
-        used = self._rows_in_use()
-        rows: list[Row] = []
-        state: list[tuple[np.ndarray, np.ndarray]] = []
+        """Waiting requests join while their choices fit in the batch (a prompt pass holds
+        its request's `n` places)."""
+        if not self.waiting:
+            return
+        used = sum(row.request.n if row.choice < 0 else 1 for row in self.rows)
+        joining: list[tuple[Row, np.ndarray, np.ndarray, np.ndarray | None]] = []
         now = time.perf_counter()
         while True:
             with self._lock:
@@ -356,39 +411,38 @@ class Engine:
                 request.cache_hit = True
                 self.stats.cache_hits += 1
             if request.prompt_ids and (start is not None or logits is None):
-                rows.append(Row(request, -1, request.prompt_ids[::-1]))
-                state.append((h, c))
-                continue
-            assert logits is not None
-            for choice in range(request.n):
-                row = Row(request, choice, [])
-                row.logits = logits
-                row.finish = "length" if request.max_tokens == 0 else None
-                rows.append(row)
-                state.append((h, c))
-        if rows:
-            self.rows.extend(rows)
-            self.h = np.concatenate([self.h, np.stack([s[0] for s in state], 1)], 1)
-            self.c = np.concatenate([self.c, np.stack([s[1] for s in state], 1)], 1)
+                joining.append((Row(request, -1, request.prompt_ids[::-1]), h, c, None))
+            elif request.max_tokens == 0:
+                assert logits is not None
+                self._end_at_once(request, h, c, logits)
+            else:
+                joining.extend((Row(request, k, []), h, c, logits) for k in range(request.n))
+        if joining:
+            self.rows = self.rows + [row for row, *_ in joining]
+            self.h = np.concatenate([self.h, np.stack([j[1] for j in joining], 1)], 1)
+            self.c = np.concatenate([self.c, np.stack([j[2] for j in joining], 1)], 1)
+            zero = np.zeros(self.vocab_size, np.float32)
+            new_logits = np.stack([zero if j[3] is None else j[3] for j in joining])
+            self.logits = np.concatenate([self.logits, new_logits])
+            limits = [row.request.max_tokens for row, *_ in joining]
+            self.remaining = np.concatenate([self.remaining, np.array(limits, np.int64)])
+            self._plan = None
 
-    def _ending_before_step(self) -> list[int]:
-        """Rows to take out before the step: ended, cancelled or timed out, and not waiting to
-        have their last character fed."""
+    def _drop_cancelled(self) -> None:
+        """Rows of requests that were cancelled or ran out of time leave now."""
         now = time.perf_counter()
+        gone = set()
+        for request in self.running:
+            if request.cancelled or now - request.arrived > request.timeout_s:
+                gone.add(id(request))
+        if not gone:
+            return
         ending = []
         for i, row in enumerate(self.rows):
-            request = row.request
-            if row.finish is None:
-                if request.cancelled:
-                    row.finish = "cancelled"
-                elif now - request.arrived > request.timeout_s:
-                    row.finish = "timeout"
-            if row.finish is not None and not self._feeds_last(row):
+            if id(row.request) in gone:
+                row.finish = "cancelled" if row.request.cancelled else "timeout"
                 ending.append(i)
-        return ending
-
-    def _feeds_last(self, row: Row) -> bool:
-        return row.finish == "length" and row.request.return_state and bool(row.out)
+        self._end_rows(ending)
 
     def _end_unstarted(self, request: Request, reason: str) -> None:
         request.open_choices = 0
@@ -396,10 +450,27 @@ class Engine:
         request.finished_at = time.perf_counter()
         self.on_finish(request)
 
-    def _end_rows(self, ending: list[int]) -> None:
-        """Hand over the last text (and state) of the rows at `ending`, and take them out."""
+    def _end_at_once(
+        self, request: Request, h: np.ndarray, c: np.ndarray, logits: np.ndarray
+    ) -> None:
+        """A request for no characters ends after its prompt, with that state."""
+        assert request.rng is not None
+        state = None
+        if request.return_state:
+            state = StreamState(
+                h.copy(), c.copy(), logits.copy(), dict(request.rng.bit_generator.state)
+            )
+        request.deliver(request, [Event(k, "", "length", state) for k in range(request.n)])
+        request.open_choices = 0
+        self.running.remove(request)
+        request.finished_at = time.perf_counter()
+        self.on_finish(request)
+
+    def _end_rows(self, ending: list[int]) -> list[int]:
+        """Hand over the last text (and state) of the rows at `ending` and take them out;
+        the positions of the rows that stay."""
         if not ending:
-            return
+            return list(range(len(self.rows)))
         finished: list[Request] = []
         for i in ending:
             row = self.rows[i]
@@ -410,15 +481,16 @@ class Engine:
                 request.open_choices = 0
             else:
                 state = None
-                if request.return_state and row.logits is not None:
+                if request.return_state:
                     assert request.rng is not None
                     state = StreamState(
                         self.h[:, i].copy(),
                         self.c[:, i].copy(),
-                        np.array(row.logits, copy=True),
+                        self.logits[i].copy(),
                         dict(request.rng.bit_generator.state),
                     )
-                events = [Event(row.choice, self.vocab.decode(row.out[row.sent :]), reason, state)]
+                text = self.vocab.decode(row.out[row.sent :])
+                events = [Event(row.choice, text, reason, state)]
                 row.sent = len(row.out)
                 request.open_choices -= 1
             request.deliver(request, events)
@@ -426,139 +498,183 @@ class Engine:
                 finished.append(request)
         gone = set(ending)
         keep = [i for i in range(len(self.rows)) if i not in gone]
-        self.rows = [self.rows[i] for i in keep]
-        self.h, self.c = self.h[:, keep], self.c[:, keep]
+        self._reindex(keep)
         now = time.perf_counter()
         for request in finished:
             self.running.remove(request)
             request.finished_at = now
             self.on_finish(request)
+        return keep
 
-    def _draw(self) -> None:
-        """A character for every choice row that has not ended: one uniform per choice of each
-        request that draws (as `Sampler` draws one per row per character), the token from the
-        row's logits and its own uniform, then the stop strings and the length."""
-        drawing = [row for row in self.rows if row.choice >= 0 and row.finish is None]
-        if not drawing:
-            return
-        now = time.perf_counter()
-        requests = {id(row.request): row.request for row in drawing}
-        for request in requests.values():
-            if not request.options.greedy:
-                assert request.rng is not None
-                request.uniforms = request.rng.random(request.n)
-            if request.first_char_at is None:
-                request.first_char_at = now
-        uniforms = np.array(
-            [
-                0.0 if row.request.uniforms is None else row.request.uniforms[row.choice]
-                for row in drawing
-            ]
+    def _reindex(self, index: list[int], rows: list[Row] | None = None) -> None:
+        """The batch becomes the rows at `index` (repeats allowed: a fork)."""
+        self.rows = rows if rows is not None else [self.rows[i] for i in index]
+        self.h, self.c = self.h[:, index], self.c[:, index]
+        self.logits, self.remaining = self.logits[index], self.remaining[index]
+        self._plan = None
+
+    def _make_plan(self) -> _Plan:
+        sampling = [i for i, row in enumerate(self.rows) if row.choice >= 0]
+        rows = [self.rows[i] for i in sampling]
+        positions: dict[int, list[int]] = collections.defaultdict(list)
+        requests: dict[int, Request] = {}
+        for k, row in enumerate(rows):
+            if not row.request.options.greedy:
+                positions[id(row.request)].append(k)
+                requests[id(row.request)] = row.request
+        single = [key for key in positions if requests[key].n == 1]
+        sources = [
+            (requests[key], np.array(ks), np.array([rows[k].choice for k in ks]))
+            for key, ks in positions.items()
+            if requests[key].n > 1
+        ]
+        starting = {id(r.request): r.request for r in rows if r.request.first_char_at is None}
+        return _Plan(
+            sampling=np.array(sampling, np.int64),
+            sampling_rows=rows,
+            draw=DrawPlan([row.request.options for row in rows], self.vocab_size),
+            single=np.array([positions[key][0] for key in single], np.int64),
+            single_rngs=[requests[key].rng for key in single],  # type: ignore[misc]
+            sources=sources,
+            starting=list(starting.values()),
+            stop_rows=[(k, row) for k, row in enumerate(rows) if row.request.stops],
+            prompts=[(i, row) for i, row in enumerate(self.rows) if row.choice < 0],
+            uniforms=np.zeros(len(rows)),
+            tokens=np.zeros(len(rows), np.int32),
         )
-        logits = np.stack([row.logits for row in drawing if row.logits is not None])
-        tokens = draw_tokens(logits, [row.request.options for row in drawing], uniforms).tolist()
-        for row, token in zip(drawing, tokens, strict=True):
-            out = row.out
-            out.append(token)
-            request = row.request
-            request.chars += 1
-            if request.stops and self._stopped(row):
+
+    def _step(self) -> None:
+        """A character for every choice row, then one batched step for every row."""
+        plan = self._plan = self._plan or self._make_plan()
+        tokens = np.zeros(len(self.rows), np.int32)
+        ending: list[int] = []
+        if len(plan.sampling):
+            ending = self._draw(plan, tokens)
+        for i, row in plan.prompts:
+            tokens[i] = row.pending.pop()
+        if ending:  # rows that ended on this draw and need no last step
+            tokens = tokens[self._end_rows(ending)]
+            if not self.rows:
+                return
+        size = len(self.rows)
+        h, c = self.h, self.c
+        if self.pad_batches and size & (size - 1):
+            extra = (1 << size.bit_length()) - size
+            tokens = np.concatenate([tokens, np.zeros(extra, np.int32)])
+            pad = np.zeros((self.layers, extra, self.units), np.float32)
+            h, c = np.concatenate([h, pad], 1), np.concatenate([c, pad], 1)
+        logits, h, c = self.backend.step(tokens, np.ascontiguousarray(h), np.ascontiguousarray(c))
+        self.logits, self.h, self.c = logits[:size], h[:, :size], c[:, :size]
+        self.stats.steps += 1
+        self.on_step(size)
+        # Rows that waited for their last character to be fed end; prompt passes that are
+        # done fork into their choices.
+        last = [i for i, row in enumerate(self.rows) if row.finish is not None]
+        if last:
+            self._end_rows(last)
+        forks = [row for row in self.rows if row.choice < 0 and not row.pending]
+        if forks:
+            self._fork(forks)
+
+    def _draw(self, plan: _Plan, tokens: np.ndarray) -> list[int]:
+        """Draw for the plan's rows into `tokens`: one uniform per choice of each request
+        that samples (as `Sampler` draws one per row per character), each row's token from its
+        own logits and uniform; then stop strings and lengths. The positions of the rows that
+        end without a last step."""
+        uniforms = plan.uniforms
+        if plan.single_rngs:
+            uniforms[plan.single] = [rng.random() for rng in plan.single_rngs]
+        for request, positions, choices in plan.sources:
+            assert request.rng is not None
+            uniforms[positions] = request.rng.random(request.n)[choices]
+        drawn = plan.draw.draw(self.logits[plan.sampling], uniforms, plan.tokens)
+        tokens[plan.sampling] = drawn
+        for row, token in zip(plan.sampling_rows, drawn.tolist(), strict=True):
+            row.out.append(token)
+        remaining = self.remaining
+        remaining[plan.sampling] -= 1
+        self.stats.chars += len(drawn)
+        if plan.starting:
+            now = time.perf_counter()
+            for request in plan.starting:
+                request.first_char_at = request.first_char_at or now
+            plan.starting = []
+            self._started = True
+        ending: list[int] = []
+        for k, row in plan.stop_rows:
+            if self._stopped(row):
                 row.finish = "stop"
-            elif len(out) >= request.max_tokens:
+                ending.append(int(plan.sampling[k]))
+        for i in np.flatnonzero(remaining[plan.sampling] <= 0).tolist():
+            position = int(plan.sampling[i])
+            row = self.rows[position]
+            if row.finish is None:
                 row.finish = "length"
-        self.stats.chars += len(tokens)
+                # The state of a returned token includes the last character, as after
+                # `generate`, whose loop feeds every character it keeps.
+                if not row.request.return_state:
+                    ending.append(position)
+        return sorted(ending)
 
     def _stopped(self, row: Row) -> bool:
         """Whether the row's text now ends with a stop string; if so, the string is removed."""
-        tail = self.vocab.decode(row.out[-max(map(len, row.request.stops)) :])
-        for stop in row.request.stops:
+        stops = row.request.stops
+        tail = self.vocab.decode(row.out[-max(map(len, stops)) :])
+        for stop in stops:
             if tail.endswith(stop):
                 del row.out[len(row.out) - len(stop) :]
-                row.request.chars -= len(stop)
                 row.sent = min(row.sent, len(row.out))
                 return True
         return False
 
-    def _step(self) -> None:
-        """Draw a character for every choice row, then one batched step for every row."""
-        self._draw()
-        self._end_rows(self._ending_before_step())
-        if not self.rows:
-            return
-        rows = self.rows
-        tokens = np.array(
-            [row.pending.pop() if row.choice < 0 else row.out[-1] for row in rows], np.int32
-        )
-        h, c, size = self.h, self.c, len(rows)
-        if self.pad_batches and size & (size - 1):
-            padded = 1 << size.bit_length()
-            extra = padded - size
-            tokens = np.concatenate([tokens, np.zeros(extra, np.int32)])
-            h = np.concatenate([h, np.zeros((self.layers, extra, self.units), np.float32)], 1)
-            c = np.concatenate([c, np.zeros((self.layers, extra, self.units), np.float32)], 1)
-        logits, h, c = self.backend.step(tokens, np.ascontiguousarray(h), np.ascontiguousarray(c))
-        self.h, self.c = h[:, :size], c[:, :size]
-        self.stats.steps += 1
-        self.on_step(size)
-        # After the step: each row's next logits; prompt passes that are done fork into their
-        # choices; rows that waited for their last character to be fed end.
-        forks: list[tuple[int, Row]] = []
-        ending: list[int] = []
-        for i, row in enumerate(rows):
-            row.logits = logits[i]
-            if row.finish is not None:
-                ending.append(i)
-            elif row.choice < 0 and not row.pending:
-                forks.append((i, row))
-        self._end_rows(ending)
-        if forks:
-            self._fork(forks)
-
-    def _fork(self, forks: list[tuple[int, Row]]) -> None:
+    def _fork(self, forks: list[Row]) -> None:
         """Prompt passes that are done become their request's `n` choice rows, each starting
-        from the prompt's state (and the prefix cache keeps that state)."""
+        from the prompt's state (which the prefix cache keeps)."""
         index: list[int] = []
         rows: list[Row] = []
-        forking = {id(row): row for _, row in forks}
+        forking = {id(row) for row in forks}
         for i, row in enumerate(self.rows):
             if id(row) not in forking:
                 index.append(i)
                 rows.append(row)
                 continue
             request = row.request
-            assert row.logits is not None
             if request.start is None:
-                self.cache.put(tuple(request.prompt_ids), self.h[:, i], self.c[:, i], row.logits)
+                self.cache.put(
+                    tuple(request.prompt_ids), self.h[:, i], self.c[:, i], self.logits[i]
+                )
+            if request.max_tokens == 0:
+                self._end_at_once(request, self.h[:, i], self.c[:, i], self.logits[i])
+                continue
             for choice in range(request.n):
-                child = Row(request, choice, [])
-                child.logits = row.logits
-                child.finish = "length" if request.max_tokens == 0 else None
-                rows.append(child)
+                rows.append(Row(request, choice, []))
                 index.append(i)
-        self.rows = rows
-        self.h, self.c = self.h[:, index], self.c[:, index]
+        self._reindex(index, rows)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Hand each request the text its choices produced since the last flush, holding back
         characters that may be the start of a stop string."""
         events: dict[int, tuple[Request, list[Event]]] = {}
         for row in self.rows:
-            if row.choice < 0 or row.finish is not None or len(row.out) == row.sent:
+            if row.choice < 0 or len(row.out) == row.sent:
                 continue
             upto = len(row.out)
-            if row.request.stops:
-                upto -= _held_back(self.vocab.decode(row.out[-_longest(row) :]), row.request.stops)
+            stops = row.request.stops
+            if stops:
+                tail = self.vocab.decode(row.out[-max(map(len, stops)) :])
+                upto -= _held_back(tail, stops)
             if upto <= row.sent:
                 continue
             text = self.vocab.decode(row.out[row.sent : upto])
             row.sent = upto
             events.setdefault(id(row.request), (row.request, []))[1].append(Event(row.choice, text))
-        for request, batch in events.values():
-            request.deliver(request, batch)
+        if events:
+            self.deliver_many(list(events.values()))
 
 
-def _longest(row: Row) -> int:
-    return max(len(stop) for stop in row.request.stops)
+def _deliver_each(batches: list[tuple[Request, list[Event]]]) -> None:
+    for request, events in batches:
+        request.deliver(request, events)
 
 
 def _held_back(tail: str, stops: tuple[str, ...]) -> int:

@@ -6,6 +6,7 @@ with finish_reason "abort", exit 0. A second signal stops at once.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import threading
@@ -43,6 +44,9 @@ def serve(
     """Serve until SIGINT/SIGTERM. Prints the URL when listening and a line when ready."""
     import uvicorn
 
+    # The engine thread needs the GIL back after each step, while the HTTP side may hold it:
+    # Python's default 5 ms before handing it over is longer than a step.
+    sys.setswitchinterval(0.001)
     server = Server(model, limits)
     failed: list[str] = []
 
@@ -52,7 +56,7 @@ def serve(
 
     @asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
-        server.load(on_error=load_failed)
+        server.load(on_error=load_failed, loop=asyncio.get_running_loop())
         yield
         server.close()
 
