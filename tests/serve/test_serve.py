@@ -387,3 +387,28 @@ def test_shutdown_ends_open_streams_with_abort_and_exits_0(
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "abort"
     assert small_server.proc.wait(timeout=30) == 0
+
+
+def test_tflite_int8_batches_padded_rows_to_the_same_text() -> None:
+    """LiteRT's batch is padded to a power of two (3 streams step as 4): the same texts."""
+    running = start_server("--runtime", "tflite", "--variant", "int8")
+    try:
+        bodies = [
+            {"prompt": prompt, "max_tokens": 80, "temperature": 0.8, "seed": i}
+            for i, prompt in enumerate(["ROMEO:", "JULIET:", "First Citizen:"])
+        ]
+
+        async def run() -> list[str]:
+            async with httpx.AsyncClient(base_url=running.v1, timeout=60) as http:
+                answers = await asyncio.gather(*(http.post("/completions", json=b) for b in bodies))
+            return [a.json()["choices"][0]["text"] for a in answers]
+
+        texts = asyncio.run(run())
+        generator = load(MODEL, runtime="tflite", variant="int8")
+        for body, text in zip(bodies, texts, strict=True):
+            expected = generator.generate(
+                str(body["prompt"]), length=80, temperature=0.8, seed=int(body["seed"])
+            )
+            assert text == expected.texts[0]
+    finally:
+        assert running.stop() == 0

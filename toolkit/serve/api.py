@@ -411,9 +411,10 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        return JSONResponse(
-            {"status": server.status}, status_code=200 if server.status == "ok" else 503
-        )
+        status = server.status
+        if server.engine is not None and server.engine.error is not None:
+            status = "error"  # the engine thread stopped: let the orchestrator restart us
+        return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

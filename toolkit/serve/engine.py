@@ -297,6 +297,8 @@ class Engine:
     # ----------------------------------------------------------------- the HTTP side's calls
 
     def submit(self, request: Request) -> None:
+        if not request.prompt_ids and request.start is None:
+            raise ValueError("a request needs a prompt or a state to start from")
         with self._lock:
             if not self._accepting:
                 raise NotAccepting("the server is shutting down")
