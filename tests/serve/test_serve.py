@@ -240,7 +240,18 @@ def test_models_health_and_metrics(server: ServerProcess) -> None:
     assert (card["id"], card["runtime"], card["variant"]) == ("shakespeare", "onnx", "fp32")
     assert card["batch_invariant"] is True
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    body = {"prompt": "ROMEO:", "max_tokens": 40, "n": 2, "temperature": 1.0}
+    assert httpx.post(server.v1 + "/completions", json=body).status_code == 200
     metrics = httpx.get(server.url + "/metrics").text
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    for histogram in ("time_to_first_char", "inter_char_latency", "request_latency", "queue_time"):
+        assert values[f"toolkit_{histogram}_seconds_count"] >= 1, histogram
+    assert values["toolkit_generated_chars_total"] >= 80
+    assert values["toolkit_batch_size_count"] >= 40
     for name in (
         "toolkit_requests_running",
         "toolkit_requests_waiting",

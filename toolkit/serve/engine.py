@@ -9,7 +9,7 @@ returned ([layers, rows, units]), gathered again only when the membership change
 Why a seeded request gives the same text alone or among 63 others, and the same as
 `toolkit generate`: every request has its own random Generator and draws one uniform per
 choice per character, as `Sampler` does; each row's token depends on its own logits and
-uniform alone (`draw_tokens` uses `Float64Draw`, the arithmetic the generation loop's float32
+uniform alone (`DrawPlan` uses `Float64Draw`, the arithmetic the generation loop's float32
 draw is checked against); and a row's step is the same whatever shares its batch on backends
 whose rows are batch-invariant (`batch_invariant` measures it at start-up).
 """
@@ -42,9 +42,6 @@ def flush_interval(rows: int) -> float:
     to a terminal), stretched to 50 ms as the batch grows past 25 streams, where sending the
     chunks costs the step CPU time (benchmarks/reports/serve.md)."""
     return min(0.05, max(0.02, 0.0008 * rows))
-
-
-FINISH_REASONS = ("stop", "length", "abort", "timeout", "cancelled")
 
 
 class QueueFull(Exception):
@@ -85,12 +82,11 @@ class Request:
     admitted: float | None = None
     first_char_at: float | None = None
     finished_at: float | None = None
-    cache_hit: bool = False
+    cache_hit: bool = False  # the prompt's state came from the prefix cache
     cancelled: bool = False
-    chars: int = 0  # characters generated over all choices
+    chars: int = 0  # characters kept over all its choices, counted as each choice ends
     open_choices: int = 0
     rng: np.random.Generator | None = None
-    uniforms: np.ndarray | None = None  # this step's, one per choice
 
 
 class Row:
@@ -115,9 +111,8 @@ class Stats:
     """What /metrics reads; written by the engine thread."""
 
     steps: int = 0
-    chars: int = 0
+    chars: int = 0  # drawn, stop strings included
     cache_hits: int = 0
-    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 class PrefixCache:
@@ -493,6 +488,7 @@ class Engine:
                     )
                 text = self.vocab.decode(row.out[row.sent :])
                 events = [Event(row.choice, text, reason, state)]
+                request.chars += len(row.out)
                 row.sent = len(row.out)
                 request.open_choices -= 1
             request.deliver(request, events)
