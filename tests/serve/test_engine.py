@@ -147,3 +147,30 @@ def test_health_is_503_while_loading_and_shutting_down() -> None:
     assert client.get("/health").status_code == 503
     assert client.post("/v1/completions", json={"prompt": "A"}).status_code == 503
     server.close()
+
+
+def test_a_lone_stream_keeps_its_text_when_others_join_and_leave() -> None:
+    """Alone, a stream draws with the generation loop's own Sampler (uniforms drawn ahead);
+    when another joins, the batch draw takes over from the same random stream, and back."""
+    generator = load(MODEL, runtime="onnx")
+    engine = Engine(generator.backend, generator.vocab, (generator.layers, generator.units))
+    texts: dict[int, str] = {}
+
+    def request(prompt: str, length: int, seed: int) -> Request:
+        def deliver(r: Request, events: list[Event]) -> None:
+            texts[seed] = texts.get(seed, "") + "".join(e.text for e in events)
+
+        ids = [generator.vocab.index[c] for c in prompt]
+        return Request(ids, length, SamplingOptions(0.9), seed=seed, deliver=deliver)
+
+    lone, joiner = request("ROMEO:", 600, 1), request("JULIET:", 120, 2)
+    engine.submit(lone)
+    while engine.stats.steps < 200:
+        engine.iterate()
+    engine.submit(joiner)  # joins mid-stream and leaves before the lone one ends
+    while engine.rows or engine.waiting:
+        engine.iterate()
+    engine.flush()
+    for seed, (prompt, length) in {1: ("ROMEO:", 600), 2: ("JULIET:", 120)}.items():
+        expected = generator.generate(prompt, length=length, temperature=0.9, seed=seed)
+        assert texts[seed] == expected.texts[0]

@@ -27,6 +27,7 @@ import numpy as np
 
 from toolkit.runtime.sampling import (
     Float64Draw,
+    Sampler,
     SamplingOptions,
     inverse_cdf,
     next_token_probs,
@@ -236,6 +237,10 @@ class _Plan:
     prompts: list[tuple[int, Row]]  # (position, row) of prompt passes
     uniforms: np.ndarray
     tokens: np.ndarray
+    # One stream alone, sampling with temperature only: `generate`'s own batch-1 draw (the
+    # float32 path of `Sampler.row_drawer`), the same tokens at a fraction of the cost.
+    solo: Sampler | None = None
+    solo_draw: Callable[[np.ndarray], int] | None = None
 
 
 class Engine:
@@ -423,7 +428,7 @@ class Engine:
             self.logits = np.concatenate([self.logits, new_logits])
             limits = [row.request.max_tokens for row, *_ in joining]
             self.remaining = np.concatenate([self.remaining, np.array(limits, np.int64)])
-            self._plan = None
+            self._invalidate_plan()
 
     def _drop_cancelled(self) -> None:
         """Rows of requests that were cancelled or ran out of time leave now."""
@@ -468,6 +473,8 @@ class Engine:
         the positions of the rows that stay."""
         if not ending:
             return list(range(len(self.rows)))
+        if self._plan is not None and self._plan.solo is not None:
+            self._plan.solo.close()  # before a state token reads the random generator
         finished: list[Request] = []
         for i in ending:
             row = self.rows[i]
@@ -509,6 +516,14 @@ class Engine:
         self.rows = rows if rows is not None else [self.rows[i] for i in index]
         self.h, self.c = self.h[:, index], self.c[:, index]
         self.logits, self.remaining = self.logits[index], self.remaining[index]
+        self._invalidate_plan()
+
+    def _invalidate_plan(self) -> None:
+        """The membership changed: the plan is remade before the next draw. A lone stream's
+        Sampler hands back the uniforms it drew ahead, so that its random generator is where
+        one uniform per character leaves it (for the next plan and for state tokens)."""
+        if self._plan is not None and self._plan.solo is not None:
+            self._plan.solo.close()
         self._plan = None
 
     def _make_plan(self) -> _Plan:
@@ -527,6 +542,13 @@ class Engine:
             if requests[key].n > 1
         ]
         starting = {id(r.request): r.request for r in rows if r.request.first_char_at is None}
+        solo = solo_draw = None
+        if len(rows) == 1 and rows[0].request.n == 1:
+            request = rows[0].request
+            o = request.options
+            if o.plain and not o.greedy:
+                solo = Sampler(1, o.temperature, rng=request.rng)
+                solo_draw = solo.row_drawer(self.vocab_size)
         return _Plan(
             sampling=np.array(sampling, np.int64),
             sampling_rows=rows,
@@ -539,6 +561,8 @@ class Engine:
             prompts=[(i, row) for i, row in enumerate(self.rows) if row.choice < 0],
             uniforms=np.zeros(len(rows)),
             tokens=np.zeros(len(rows), np.int32),
+            solo=solo,
+            solo_draw=solo_draw,
         )
 
     def _step(self) -> None:
@@ -579,13 +603,19 @@ class Engine:
         that samples (as `Sampler` draws one per row per character), each row's token from its
         own logits and uniform; then stop strings and lengths. The positions of the rows that
         end without a last step."""
-        uniforms = plan.uniforms
-        if plan.single_rngs:
-            uniforms[plan.single] = [rng.random() for rng in plan.single_rngs]
-        for request, positions, choices in plan.sources:
-            assert request.rng is not None
-            uniforms[positions] = request.rng.random(request.n)[choices]
-        drawn = plan.draw.draw(self.logits[plan.sampling], uniforms, plan.tokens)
+        if plan.solo_draw is not None:
+            i = int(plan.sampling[0])
+            with overflow_detected():
+                plan.tokens[0] = plan.solo_draw(self.logits[i : i + 1])
+            drawn = plan.tokens
+        else:
+            uniforms = plan.uniforms
+            if plan.single_rngs:
+                uniforms[plan.single] = [rng.random() for rng in plan.single_rngs]
+            for request, positions, choices in plan.sources:
+                assert request.rng is not None
+                uniforms[positions] = request.rng.random(request.n)[choices]
+            drawn = plan.draw.draw(self.logits[plan.sampling], uniforms, plan.tokens)
         tokens[plan.sampling] = drawn
         for row, token in zip(plan.sampling_rows, drawn.tolist(), strict=True):
             row.out.append(token)
