@@ -311,7 +311,7 @@ class Server:
             fed = prompt if prompt or start is not None else model.vocab.start_text
             requests.append(
                 Request(
-                    prompt_ids=[model.vocab.index[ch] for ch in fed],
+                    prompt_ids=model.vocab.encode(fed).tolist(),
                     max_tokens=body.max_tokens,
                     options=options,
                     n=body.n,

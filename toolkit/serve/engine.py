@@ -570,8 +570,9 @@ class Engine:
         plan = self._plan = self._plan or self._make_plan()
         tokens = np.zeros(len(self.rows), np.int32)
         ending: list[int] = []
+        feeding_last = False
         if len(plan.sampling):
-            ending = self._draw(plan, tokens)
+            ending, feeding_last = self._draw(plan, tokens)
         for i, row in plan.prompts:
             tokens[i] = row.pending.pop()
         if ending:  # rows that ended on this draw and need no last step
@@ -591,18 +592,17 @@ class Engine:
         self.on_step(size)
         # Rows that waited for their last character to be fed end; prompt passes that are
         # done fork into their choices.
-        last = [i for i, row in enumerate(self.rows) if row.finish is not None]
-        if last:
-            self._end_rows(last)
-        forks = [row for row in self.rows if row.choice < 0 and not row.pending]
+        if feeding_last:
+            self._end_rows([i for i, row in enumerate(self.rows) if row.finish is not None])
+        forks = [row for _, row in plan.prompts if not row.pending]
         if forks:
             self._fork(forks)
 
-    def _draw(self, plan: _Plan, tokens: np.ndarray) -> list[int]:
+    def _draw(self, plan: _Plan, tokens: np.ndarray) -> tuple[list[int], bool]:
         """Draw for the plan's rows into `tokens`: one uniform per choice of each request
         that samples (as `Sampler` draws one per row per character), each row's token from its
         own logits and uniform; then stop strings and lengths. The positions of the rows that
-        end without a last step."""
+        end without a last step, and whether some row ends after one (to return its state)."""
         if plan.solo_draw is not None:
             i = int(plan.sampling[0])
             with overflow_detected():
@@ -629,6 +629,7 @@ class Engine:
             plan.starting = []
             self._started = True
         ending: list[int] = []
+        feeding_last = False
         for k, row in plan.stop_rows:
             if self._stopped(row):
                 row.finish = "stop"
@@ -640,9 +641,11 @@ class Engine:
                 row.finish = "length"
                 # The state of a returned token includes the last character, as after
                 # `generate`, whose loop feeds every character it keeps.
-                if not row.request.return_state:
+                if row.request.return_state:
+                    feeding_last = True
+                else:
                     ending.append(position)
-        return sorted(ending)
+        return sorted(ending), feeding_last
 
     def _stopped(self, row: Row) -> bool:
         """Whether the row's text now ends with a stop string; if so, the string is removed."""
