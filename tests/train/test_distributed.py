@@ -144,8 +144,10 @@ def test_killed_worker_stops_the_other_and_resume_continues(
 
 def test_ctrl_c_stops_every_local_worker(tmp_path: Path) -> None:
     run = tmp_path / "run"
+    # More epochs than it can finish: on a loaded machine one epoch may end before Ctrl-C.
+    args = ["train", *TINY, "--epochs", "1000", "--workers", "2", "--out", str(run)]
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "toolkit", "train", *TINY, "--workers", "2", "--out", str(run)],
+        [sys.executable, "-m", "toolkit", *args],
         env={**os.environ, "TOOLKIT_CHECKPOINT_SECONDS": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -201,12 +201,23 @@ def launch_local_workers(
                         p.kill()
             time.sleep(0.2)
     except KeyboardInterrupt:
-        for p in procs:
+        # The chief alone: it saves the run, and its peers keep answering the collective it
+        # may be blocked in, so it reaches Python and stops cleanly. A peer interrupted at the
+        # same time could leave it blocked there until killed, with run.json still "training".
+        # The others write nothing, so they need no grace once it is gone.
+        chief, others = procs[0], procs[1:]
+        if chief.poll() is None:
+            chief.send_signal(signal.SIGINT)
+            try:
+                chief.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                chief.kill()
+        for p in others:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
-        for p in procs:
+        for p in others:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 p.kill()
         code = 130
