@@ -92,6 +92,16 @@ def test_the_cortex_m7_and_the_cortex_m0_build(
     assert result.text == greedy(tiny_export, "c", 50, "")
 
 
+def test_a_relative_out_folder(
+    tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's `--out firmware`: gcc runs inside the folder, so a relative path must not
+    # be taken relative to it again.
+    monkeypatch.chdir(tmp_path)
+    info = build_firmware(tiny_export, "mps2-an386", Path("fw"), "", 20)
+    assert Path(info.elf) == tmp_path / "fw" / "firmware.elf" and Path(info.elf).is_file()
+
+
 def test_one_line_errors(
     tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

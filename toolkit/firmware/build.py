@@ -238,7 +238,7 @@ def build_firmware(
     tokens = [int(t) for t in vocab.encode(text)]
     gcc = need_tool(GCC, "gcc-arm-none-eabi libnewlib-arm-none-eabi")
     size_tool = need_tool(SIZE, "binutils-arm-none-eabi")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # gcc runs in out_dir: relative paths would nest
     prepare_out_dir(out_dir)
     for name, data in files.items():
         (out_dir / name).write_bytes(data)
@@ -326,7 +326,7 @@ def build_matvec_test(board_name: str, out_dir: Path) -> Path:
     the board's largest part. Its stderr has matvec_check / matvec_stats lines."""
     b: Board = board(board_name)
     gcc = need_tool(GCC, "gcc-arm-none-eabi libnewlib-arm-none-eabi")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # gcc runs in out_dir: relative paths would nest
     prepare_out_dir(out_dir)
     (out_dir / "matvec_s8.c").write_text(matvec_source())
     (out_dir / "link.ld").write_text(linker_script(b.parts[-1], MIN_STACK))
