@@ -27,9 +27,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
-from toolkit.errors import UsageError
+from toolkit.errors import UsageError, first_line
 from toolkit.runtime.sampling import SamplingOptions
-from toolkit.serve.engine import Engine, Event, NotAccepting, QueueFull, Request
+from toolkit.serve.engine import Engine, Event, NotAccepting, QueueFull, Request, deliver_each
 from toolkit.serve.model import ServedModel, ServeLimits
 from toolkit.serve.state_token import StateTokenError, StreamState
 
@@ -180,7 +180,6 @@ class Server:
         self.limits = limits
         self.engine: Engine | None = None
         self.status: Literal["loading", "ok", "shutting down", "error"] = "loading"
-        self.load_error: str | None = None
         self.metrics = Metrics(lambda: self.engine)
         self.loaded = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -199,9 +198,9 @@ class Server:
             try:
                 engine = self.model.open_engine(self.limits)
             except Exception as exc:
-                self.status, self.load_error = "error", str(exc).splitlines()[0]
+                self.status = "error"
                 self.loaded.set()
-                on_error(self.load_error)
+                on_error(first_line(exc))
                 return
             engine.on_step = self.metrics.batch_size.observe
             engine.on_finish = self.metrics.finished
@@ -209,7 +208,7 @@ class Server:
                 loop = self.loop
 
                 def deliver_many(batches: list[tuple[Request, list[Event]]]) -> None:
-                    loop.call_soon_threadsafe(_hand_over, batches)
+                    loop.call_soon_threadsafe(deliver_each, batches)
 
                 engine.deliver_many = deliver_many
             engine.start()
@@ -298,7 +297,7 @@ class Server:
         def deliver_to(base: int) -> Callable[[Request, list[Event]], None]:
             def deliver(request: Request, events: list[Event]) -> None:
                 if _on_loop(loop):
-                    queue.put_nowait((base, events))  # on the loop already (_hand_over)
+                    queue.put_nowait((base, events))  # on the loop already (deliver_each)
                 else:
                     loop.call_soon_threadsafe(queue.put_nowait, (base, events))
 
@@ -378,12 +377,6 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-def _hand_over(batches: list[tuple[Request, list[Event]]]) -> None:
-    """On the event loop: a flush's events to their requests' queues."""
-    for request, events in batches:
-        request.deliver(request, events)
 
 
 def _at(i: int, prompts: list[str]) -> str:

@@ -83,7 +83,6 @@ class Request:
     admitted: float | None = None
     first_char_at: float | None = None
     finished_at: float | None = None
-    cache_hit: bool = False  # the prompt's state came from the prefix cache
     cancelled: bool = False
     chars: int = 0  # characters kept over all its choices, counted as each choice ends
     open_choices: int = 0
@@ -292,7 +291,7 @@ class Engine:
         self.on_finish: Callable[[Request], None] = lambda request: None
         # How a flush's events reach the requests: one call for all of them (the HTTP side
         # wakes its event loop once per flush, not once per request).
-        self.deliver_many: Callable[[list[tuple[Request, list[Event]]]], None] = _deliver_each
+        self.deliver_many: Callable[[list[tuple[Request, list[Event]]]], None] = deliver_each
 
     # ----------------------------------------------------------------- the HTTP side's calls
 
@@ -410,7 +409,6 @@ class Engine:
                 h, c, logits = start.h, start.c, start.logits
             elif (cached := self.cache.get(tuple(request.prompt_ids))) is not None:
                 h, c, logits = cached
-                request.cache_hit = True
                 self.stats.cache_hits += 1
             if request.prompt_ids and (start is not None or logits is None):
                 joining.append((Row(request, -1, request.prompt_ids[::-1]), h, c, None))
@@ -473,8 +471,7 @@ class Engine:
         the positions of the rows that stay."""
         if not ending:
             return list(range(len(self.rows)))
-        if self._plan is not None and self._plan.solo is not None:
-            self._plan.solo.close()  # before a state token reads the random generator
+        self._invalidate_plan()  # before a state token reads the random generator
         finished: list[Request] = []
         for i in ending:
             row = self.rows[i]
@@ -703,7 +700,8 @@ class Engine:
             self.deliver_many(list(events.values()))
 
 
-def _deliver_each(batches: list[tuple[Request, list[Event]]]) -> None:
+def deliver_each(batches: list[tuple[Request, list[Event]]]) -> None:
+    """Each request's events to its `deliver` (in the engine thread, or on the event loop)."""
     for request, events in batches:
         request.deliver(request, events)
 

@@ -97,7 +97,9 @@ class ServedModel:
             max_batch=limits.max_batch,
             max_queue=limits.max_queue,
             cache_bytes=int(limits.cache_mb * (1 << 20)),
-            pad_batches=self.runtime == "tflite",
+            # LiteRT reallocates on every new batch size, so batches are padded to a power of
+            # two; full-int8 steps its rows one at a time at batch 1, where padding only adds rows.
+            pad_batches=self.runtime == "tflite" and getattr(backend, "codec", None) is None,
         )
 
     def card(self) -> dict[str, Any]:
