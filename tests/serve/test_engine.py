@@ -174,3 +174,46 @@ def test_a_lone_stream_keeps_its_text_when_others_join_and_leave() -> None:
     for seed, (prompt, length) in {1: ("ROMEO:", 600), 2: ("JULIET:", 120)}.items():
         expected = generator.generate(prompt, length=length, temperature=0.9, seed=seed)
         assert texts[seed] == expected.texts[0]
+
+
+def test_stop_strings_end_a_stream_and_are_never_sent() -> None:
+    """Several stop strings per request (overlapping ones, one with a character outside the
+    vocabulary), flushed after every step: what is sent is the text up to where the first
+    stop string ends, without it; characters that may start one are held back meanwhile."""
+    generator = load(MODEL, runtime="onnx")
+    engine = Engine(generator.backend, generator.vocab, (generator.layers, generator.units))
+    cases = {
+        1: ("\n\n", "e\n"),
+        2: ("the", "he ", "e"),
+        3: ("Ω:", "ing", "in"),
+        4: ("aa", "a"),
+        5: (":\nI",),
+    }
+    texts: dict[int, str] = {}
+    reasons: dict[int, str | None] = {}
+
+    def deliver(r: Request, events: list[Event]) -> None:
+        assert r.seed is not None
+        texts[r.seed] = texts.get(r.seed, "") + "".join(e.text for e in events)
+        reasons[r.seed] = events[-1].finish_reason or reasons.get(r.seed)
+
+    ids = [generator.vocab.index[c] for c in "ROMEO:"]
+    for seed, stops in cases.items():
+        options = SamplingOptions(0.9)
+        engine.submit(Request(ids, 300, options, stops=stops, seed=seed, deliver=deliver))
+    while engine.rows or engine.waiting:
+        engine.iterate()
+        engine.flush()
+    for seed, stops in cases.items():
+        whole = generator.generate("ROMEO:", length=300, temperature=0.9, seed=seed).texts[0]
+        ends = [
+            (e, k)
+            for e in range(1, len(whole) + 1)
+            for k, s in enumerate(stops)
+            if whole[:e].endswith(s)
+        ]
+        if ends:
+            end, k = min(ends)
+            assert texts[seed] == whole[: end - len(stops[k])] and reasons[seed] == "stop"
+        else:
+            assert texts[seed] == whole and reasons[seed] == "length"

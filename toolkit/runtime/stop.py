@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -15,7 +17,7 @@ class StopMatcher:
     until the text moves past it, as before.
     """
 
-    def __init__(self, stop: str, chars: list[str], batch: int) -> None:
+    def __init__(self, stop: str, chars: Sequence[str], batch: int) -> None:
         self.length = n = len(stop)
         # border[k]: the longest proper suffix of stop[:k] that is also a prefix of stop.
         border = [0] * (n + 1)

@@ -34,6 +34,7 @@ from toolkit.runtime.sampling import (
     overflow_detected,
 )
 from toolkit.runtime.step import StepBackend
+from toolkit.runtime.stop import StopMatcher
 from toolkit.serve.state_token import StreamState
 from toolkit.vocabulary import Vocabulary
 
@@ -87,12 +88,14 @@ class Request:
     chars: int = 0  # characters kept over all its choices, counted as each choice ends
     open_choices: int = 0
     rng: np.random.Generator | None = None
+    # Per stop string: its KMP automaton's rows (state, token -> state) and its length.
+    stop_tables: list[tuple[list[list[int]], int]] = field(default_factory=list)
 
 
 class Row:
     """One row of the batch: a request's prompt pass (`choice` -1), or one of its choices."""
 
-    __slots__ = ("choice", "finish", "out", "pending", "request", "sent")
+    __slots__ = ("choice", "finish", "out", "pending", "request", "sent", "stop_states")
 
     def __init__(self, request: Request, choice: int, pending: list[int]) -> None:
         self.request = request
@@ -100,6 +103,8 @@ class Row:
         self.pending = pending  # prompt tokens still to feed, last first (popped from the end)
         self.out: list[int] = []  # the choice's token ids so far
         self.sent = 0  # how many of `out` were handed over
+        # Per stop string: how many of out's last characters are a start of it (StopMatcher).
+        self.stop_states = [0] * len(request.stops)
         # Why the row ends, once it does. "length" rows of a request that returns its state
         # stay for one more step, so that the state includes their last character (as after
         # `generate`, whose loop feeds every character it keeps).
@@ -400,6 +405,10 @@ class Engine:
             request.admitted = now
             request.open_choices = request.n
             request.rng = np.random.default_rng(request.seed)
+            request.stop_tables = [
+                (m.rows, m.length)
+                for m in (StopMatcher(stop, self.vocab.chars, 1) for stop in request.stops)
+            ]
             self.running.append(request)
             start = request.start
             h = c = np.zeros((self.layers, self.units), np.float32)
@@ -645,15 +654,17 @@ class Engine:
         return sorted(ending), feeding_last
 
     def _stopped(self, row: Row) -> bool:
-        """Whether the row's text now ends with a stop string; if so, the string is removed."""
-        stops = row.request.stops
-        tail = self.vocab.decode(row.out[-max(map(len, stops)) :])
-        for stop in stops:
-            if tail.endswith(stop):
-                del row.out[len(row.out) - len(stop) :]
-                row.sent = min(row.sent, len(row.out))
-                return True
-        return False
+        """Whether the row's text now ends with a stop string (the first in the request's
+        order); if so, the string is removed. Called once per character the row draws."""
+        token, states, hit = row.out[-1], row.stop_states, 0
+        for k, (table, length) in enumerate(row.request.stop_tables):
+            states[k] = table[states[k]][token]
+            if states[k] == length and not hit:
+                hit = length
+        if hit:
+            del row.out[len(row.out) - hit :]
+            row.sent = min(row.sent, len(row.out))
+        return bool(hit)
 
     def _fork(self, forks: list[Row]) -> None:
         """Prompt passes that are done become their request's `n` choice rows, each starting
@@ -686,11 +697,7 @@ class Engine:
         for row in self.rows:
             if row.choice < 0 or len(row.out) == row.sent:
                 continue
-            upto = len(row.out)
-            stops = row.request.stops
-            if stops:
-                tail = self.vocab.decode(row.out[-max(map(len, stops)) :])
-                upto -= _held_back(tail, stops)
+            upto = len(row.out) - max(row.stop_states, default=0)
             if upto <= row.sent:
                 continue
             text = self.vocab.decode(row.out[row.sent : upto])
@@ -704,14 +711,3 @@ def deliver_each(batches: list[tuple[Request, list[Event]]]) -> None:
     """Each request's events to its `deliver` (in the engine thread, or on the event loop)."""
     for request, events in batches:
         request.deliver(request, events)
-
-
-def _held_back(tail: str, stops: tuple[str, ...]) -> int:
-    """How many of the text's last characters are the start of some stop string."""
-    held = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(tail)), held, -1):
-            if tail.endswith(stop[:k]):
-                held = k
-                break
-    return held
