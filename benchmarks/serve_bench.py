@@ -168,11 +168,11 @@ def measure_server(
 
 def bare_step(model: Path, batch: int, threads: int, steps: int = 300) -> dict[str, Any]:
     """The backend's step alone at `batch`, median of 5 rounds."""
-    backend = load(model, runtime="onnx", threads=threads).backend
-    manifest_shape = load(model, runtime="onnx").shape
-    h = np.zeros(manifest_shape.state_shape(batch), np.float32)
+    generator = load(model, runtime="onnx", threads=threads)
+    backend = generator.backend
+    h = np.zeros(generator.shape.state_shape(batch), np.float32)
     c = h.copy()
-    tokens = np.arange(batch, dtype=np.int32) % 60
+    tokens = np.arange(batch, dtype=np.int32) % len(generator.chars)
     for _ in range(30):
         _, h, c = backend.step(tokens, h, c)
     rounds = []
