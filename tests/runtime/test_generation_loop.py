@@ -10,37 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from toolkit.runtime import load, reference
+from toolkit.runtime.decode import DecodeOptions, Decoder, Group
 from toolkit.runtime.generator import Generator
-from toolkit.runtime.sampling import Sampler, overflow_detected, sample_next
-from toolkit.runtime.stop import StopMatcher
+from toolkit.runtime.sampling import OneDraw, RowsDraw, overflow_detected, sample_next
+from toolkit.runtime.stop import stop_table
+from toolkit.vocabulary import Vocabulary
 
 COMMITTED = Path(__file__).resolve().parents[2] / "exported" / "shakespeare"
 
 
-def drawer(sampler: Sampler, vocab_size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """One token per row through the generation loop's own drawer (batch 1 or more)."""
-    if sampler.batch == 1:
-        one = sampler.row_drawer(vocab_size)
-
-        def draw_one(logits: np.ndarray) -> np.ndarray:
-            with overflow_detected():
-                return np.array([one(logits)], np.int32)
-
-        return draw_one
-    rows = sampler.rows_drawer(vocab_size)
-
-    def draw_rows(logits: np.ndarray) -> np.ndarray:
-        with overflow_detected():
-            return rows(logits, np.empty(sampler.batch, np.int32)).copy()
-
-    return draw_rows
+def drawer(
+    batch: int, temperature: float, rng: np.random.Generator, vocab_size: int, block: int = 64
+) -> tuple[Callable[[np.ndarray], np.ndarray], Decoder]:
+    """One token per row through the decoder's own draw (step_one at batch 1, else step)."""
+    vocab = Vocabulary([chr(ord("!") + i) for i in range(vocab_size)])
+    decoder = Decoder(vocab)
+    group = Group(DecodeOptions(10**9, temperature, n=batch), vocab, rng)
+    group.block = block
+    decoder.add(group)
+    if batch == 1:
+        return lambda logits: np.array([decoder.step_one(logits)], np.int32), decoder
+    return lambda logits: decoder.step(logits).copy(), decoder
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +118,7 @@ def test_generate_is_the_reference_generate(
     assert fast == plain
 
 
-def test_sampler_matches_sample_next_over_many_draws() -> None:
+def test_decoder_draw_matches_sample_next_over_many_draws() -> None:
     rng = np.random.default_rng(0)
     # 0.01: logits / temperature past exp's range (~709), where the sums are redone shifted.
     for batch, temperature in [
@@ -137,25 +133,12 @@ def test_sampler_matches_sample_next_over_many_draws() -> None:
     ]:
         logits = (rng.standard_normal((400, batch, 65)) * 4).astype(np.float32)
         fast_rng, ref_rng = np.random.default_rng(1), np.random.default_rng(1)
-        sampler = Sampler(batch, temperature, rng=fast_rng, block=64)
-        draw = drawer(sampler, 65)
+        draw, decoder = drawer(batch, temperature, fast_rng, 65)
         fast = np.stack([draw(step) for step in logits])
-        sampler.close()
+        decoder.sync()
         ref = np.stack([sample_next(step, ref_rng, temperature) for step in logits])
         np.testing.assert_array_equal(fast, ref)
         assert fast_rng.random() == ref_rng.random()
-
-
-class _GivenUniforms:
-    """A stand-in random Generator that returns the given uniforms, one row per draw."""
-
-    def __init__(self, rows: np.ndarray) -> None:
-        self.rows = rows
-        self.bit_generator = SimpleNamespace(state={})
-
-    def random(self, shape: tuple[int, int]) -> np.ndarray:
-        assert shape == self.rows.shape  # one block: close() has nothing to hand back
-        return self.rows
 
 
 def _float64_draw(logits: np.ndarray, temperature: float, u: float) -> int:
@@ -178,46 +161,53 @@ def test_float32_draws_are_kept_only_far_from_a_boundary(batch: int, temperature
     far = list((edges[wide] + edges[wide + 1]) / 2)
     for uniforms, redrawn in ((near, True), (far, False)):
         rows = np.resize(np.asarray(uniforms), (-(-len(uniforms) // batch), batch))  # repeats
-        sampler = Sampler(batch, temperature, rng=_GivenUniforms(rows), block=len(rows))
-        draw = drawer(sampler, 65)
-        drawn = np.stack([draw(np.tile(logits, (batch, 1))) for _ in rows])
+        draw: OneDraw | RowsDraw
+        if batch == 1:
+            draw = one = OneDraw(65, temperature)
+            with overflow_detected():
+                drawn = np.array([[one(logits[None], float(u[0]))] for u in rows])
+        else:
+            draw = many = RowsDraw(batch, 65, temperature)
+            block = np.tile(logits, (batch, 1))
+            with overflow_detected():
+                drawn = np.stack([many(block, u, np.zeros(batch, np.int32)).copy() for u in rows])
         expected = [[_float64_draw(logits, temperature, u) for u in row] for row in rows]
         np.testing.assert_array_equal(drawn, expected)
-        assert sampler.float64_draws == (rows.size if redrawn else 0)
+        assert draw.float64_draws == (rows.size if redrawn else 0)
 
 
-def test_sampler_close_rewinds_unused_uniforms() -> None:
+def test_group_sync_rewinds_unused_uniforms() -> None:
     rng, expected = np.random.default_rng(3), np.random.default_rng(3)
-    sampler = Sampler(2, 1.0, rng=rng, block=100)
+    draw, decoder = drawer(2, 1.0, rng, 5, block=100)
     logits = np.zeros((2, 5), np.float32)
-    draw = drawer(sampler, 5)
     for _ in range(7):
         draw(logits)
-    sampler.close()
+    decoder.sync()
     expected.random((7, 2))
     assert rng.random() == expected.random()
 
 
 @pytest.mark.parametrize("stop", ["aab", "abab", "aaa", "b"])
-def test_stop_matcher_finds_every_end_and_holds_back_prefixes(stop: str) -> None:
+def test_stop_table_finds_every_end_and_holds_back_prefixes(stop: str) -> None:
     chars = ["a", "b", "c"]
     rng = np.random.default_rng(4)
     text = "".join(rng.choice(chars, 400))
-    matcher = StopMatcher(stop, chars, 1)
+    table, state = stop_table(stop, chars), 0
     for i, ch in enumerate(text):
-        hit = matcher.advance(np.array([chars.index(ch)], np.int32))
+        state = int(table[state, chars.index(ch)])
+        hit = state == len(stop)
         seen = text[: i + 1]
         assert hit == seen.endswith(stop)
-        pending = int(matcher.state[0])
+        pending = state
         # The longest tail that could still grow into `stop`.
         longest = max(k for k in range(len(stop) + 1) if seen.endswith(stop[:k]) or k == 0)
         assert pending == longest
 
 
 @pytest.mark.parametrize("stop", ["abcabd", "aabaaab", "ab?ab", "?a", "abab", "c"])
-def test_stop_matcher_table_is_the_longest_suffix_that_starts_stop(stop: str) -> None:
+def test_stop_table_is_the_longest_suffix_that_starts_stop(stop: str) -> None:
     chars = ["a", "b", "c", "d"]  # "?" is outside the vocabulary
-    table = StopMatcher(stop, chars, 1).table
+    table = stop_table(stop, chars)
     for state in range(len(stop) + 1):
         for token, ch in enumerate(chars):
             text = stop[:state] + ch

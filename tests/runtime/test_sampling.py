@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from toolkit.errors import UsageError
+from toolkit.runtime.decode import DecodeOptions
 from toolkit.runtime.sampling import (
-    SamplingOptions,
     next_token_probs,
     sample_next,
     softmax,
@@ -106,4 +106,4 @@ def test_sampling_matches_distribution() -> None:
 )
 def test_bad_sampling_args(temperature, top_k, top_p, message) -> None:
     with pytest.raises(UsageError, match=message):
-        SamplingOptions(temperature, top_k, top_p)
+        DecodeOptions(temperature=temperature, top_k=top_k, top_p=top_p)

@@ -1,5 +1,4 @@
-"""The engine and the state token in process: the batched draw equals the generation loop's
-per row, rows leave within a step, the prefix cache keeps its bound, tokens round-trip and
+"""The engine and the state token in process: rows leave within a step, the prefix cache keeps its bound, tokens round-trip and
 refuse what is not theirs, batch invariance is measured, /health says loading and shutting
 down."""
 
@@ -13,41 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from toolkit.runtime import load
-from toolkit.runtime.sampling import Sampler, SamplingOptions, overflow_detected
+from toolkit.runtime.decode import DecodeOptions
 from toolkit.serve.api import Server, create_app
-from toolkit.serve.engine import Engine, Event, PrefixCache, Request, batch_invariant, draw_tokens
+from toolkit.serve.engine import Engine, Event, PrefixCache, Request, batch_invariant
 from toolkit.serve.model import ServedModel, ServeLimits
 from toolkit.serve.state_token import StateCodec, StateTokenError, StreamState
 
 MODEL = Path(__file__).resolve().parents[2] / "exported" / "shakespeare"
-
-
-def test_draw_tokens_equals_the_generation_loops_draw_per_row() -> None:
-    """Mixed options in one batch: each row's token is the batch-1 Sampler's for that row's
-    uniform (the float32 path with its float64 redo, greedy, top-k, top-p)."""
-    rng = np.random.default_rng(0)
-    options = [
-        SamplingOptions(0.8),
-        SamplingOptions(0.0),
-        SamplingOptions(1.3),
-        SamplingOptions(0.8, top_k=5),
-        SamplingOptions(0.6, top_p=0.9),
-        SamplingOptions(0.02),  # exp overflows float32: the float64 redo
-        SamplingOptions(3.0),
-    ]
-    for trial in range(300):
-        logits = (rng.standard_normal((len(options), 65)) * 4).astype(np.float32)
-        seeds = [trial * 100 + row for row in range(len(options))]
-        # Each row's uniform is the first of its own random stream, which the batch-1
-        # Sampler below draws from the same seed.
-        uniforms = np.array([np.random.default_rng(seed).random() for seed in seeds])
-        ours = draw_tokens(logits, options, uniforms)
-        for row, o in enumerate(options):
-            stream = np.random.default_rng(seeds[row])
-            sampler = Sampler(1, o.temperature, o.top_k, o.top_p, stream, block=1)
-            with overflow_detected():
-                expected = sampler.row_drawer(65)(logits[row : row + 1])
-            assert ours[row] == expected, (row, o)
 
 
 def test_prefix_cache_is_lru_within_its_bytes() -> None:
@@ -110,8 +81,7 @@ def test_a_cancelled_request_leaves_before_the_next_step() -> None:
     engine.on_step = steps.append
     request = Request(
         [generator.vocab.index[c] for c in "ROMEO:"],
-        max_tokens=100_000,
-        options=SamplingOptions(1.0),
+        options=DecodeOptions(length=100_000, temperature=1.0),
         deliver=lambda r, batch: events.extend(batch),
     )
     engine.start()
@@ -150,8 +120,8 @@ def test_health_is_503_while_loading_and_shutting_down() -> None:
 
 
 def test_a_lone_stream_keeps_its_text_when_others_join_and_leave() -> None:
-    """Alone, a stream draws with the generation loop's own Sampler (uniforms drawn ahead);
-    when another joins, the batch draw takes over from the same random stream, and back."""
+    """Alone, a stream draws with the decoder's batch-1 path (uniforms drawn ahead); when
+    another joins, the batch draw takes over from the same random stream, and back."""
     generator = load(MODEL, runtime="onnx")
     engine = Engine(generator.backend, generator.vocab, (generator.layers, generator.units))
     texts: dict[int, str] = {}
@@ -161,7 +131,8 @@ def test_a_lone_stream_keeps_its_text_when_others_join_and_leave() -> None:
             texts[seed] = texts.get(seed, "") + "".join(e.text for e in events)
 
         ids = [generator.vocab.index[c] for c in prompt]
-        return Request(ids, length, SamplingOptions(0.9), seed=seed, deliver=deliver)
+        options = DecodeOptions(length=length, temperature=0.9, seed=seed)
+        return Request(ids, options, deliver=deliver)
 
     lone, joiner = request("ROMEO:", 600, 1), request("JULIET:", 120, 2)
     engine.submit(lone)
@@ -199,8 +170,8 @@ def test_stop_strings_end_a_stream_and_are_never_sent() -> None:
 
     ids = [generator.vocab.index[c] for c in "ROMEO:"]
     for seed, stops in cases.items():
-        options = SamplingOptions(0.9)
-        engine.submit(Request(ids, 300, options, stops=stops, seed=seed, deliver=deliver))
+        options = DecodeOptions(length=300, temperature=0.9, stop=stops, seed=seed)
+        engine.submit(Request(ids, options, deliver=deliver))
     while engine.rows or engine.waiting:
         engine.iterate()
         engine.flush()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,7 +11,8 @@ import typer
 
 from toolkit.cli.common import choice
 from toolkit.runtime.backends import RUNTIMES
-from toolkit.runtime.generator import UNKNOWN_CHOICES, GenerationOptions, load
+from toolkit.runtime.decode import DecodeOptions
+from toolkit.runtime.generator import UNKNOWN_CHOICES, load
 from toolkit.runtime.manifest import VARIANTS
 
 
@@ -53,7 +53,8 @@ def generate(
     """Generate text, streaming characters as they are produced."""
     # Bad options and prompts are refused before the prompt is echoed: stdout gets text or
     # nothing.
-    options = GenerationOptions(length, temperature, top_k, top_p, seed, num_samples, stop, unknown)
+    stops = (stop,) if stop else ()
+    options = DecodeOptions(length, temperature, top_k, top_p, stops, seed, num_samples)
     generator = load(model, runtime=runtime, variant=variant, threads=threads)
     generator.encode(prompt, unknown)
     stream = num_samples == 1 and not as_json
@@ -66,7 +67,7 @@ def generate(
         sys.stdout.flush()
 
     result = generator.generate(
-        prompt, **dataclasses.asdict(options), on_text=on_text if stream else None
+        prompt, options=options, unknown=unknown, on_text=on_text if stream else None
     )
     if as_json:
         typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))

@@ -7,6 +7,7 @@ the fast ones; `toolkit/runtime/reference.py` is the plain loop they are tested 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -19,44 +20,15 @@ import numpy as np
 from toolkit.config import ModelConfig
 from toolkit.errors import ModelFileError, UsageError, first_line
 from toolkit.runtime.backends import RUNTIMES, open_backend
+from toolkit.runtime.decode import DecodeOptions, Decoder, Group
 from toolkit.runtime.manifest import VARIANTS, Manifest
-from toolkit.runtime.sampling import Sampler, SamplingOptions, overflow_detected
 from toolkit.runtime.step import ArrayStepper, StepBackend, Stepper, make_stepper
-from toolkit.runtime.stop import StopMatcher
 from toolkit.vocabulary import Vocabulary
 
 DEFAULT_MODEL_NAME = "shakespeare"
 # `sample` runs of at least this many characters use the backend's own stepper.
 OWN_STEPPER_FROM = 16
 UNKNOWN_CHOICES = ("error", "skip")
-
-
-def check_length(length: int) -> None:
-    if length < 0:
-        raise UsageError(f"length must be >= 0, got {length}")
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """What `generate` is asked for; checked when made, so that a command can refuse bad
-    options before it prints anything."""
-
-    length: int = 200
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    num_samples: int = 1
-    stop: str | None = None
-    unknown: str = "error"
-
-    def __post_init__(self) -> None:
-        check_length(self.length)
-        SamplingOptions(self.temperature, self.top_k, self.top_p)
-        if self.num_samples < 1:
-            raise UsageError(f"num-samples must be >= 1, got {self.num_samples}")
-        if self.unknown not in UNKNOWN_CHOICES:
-            raise UsageError(f"--unknown must be 'error' or 'skip', got {self.unknown!r}")
 
 
 @dataclass
@@ -126,156 +98,70 @@ class Session:
         rng: np.random.Generator | None = None,
         stop: str | None = None,
         on_text: Callable[[int, str], None] | None = None,
+        options: DecodeOptions | None = None,
     ) -> list[str]:
         """Sample `length` characters per row; `on_text(row, chars)` streams them.
 
-        The loop does array work only: tokens go into one [length, batch] array, the stop
-        string is tracked by an automaton, and strings are built when streamed (in chunks,
-        at most every STREAM_INTERVAL_S) and once at the end.
+        `options` (a DecodeOptions) replaces the loose arguments when given; its seed is
+        used when `rng` is not. Streamed text is handed over in chunks, at most every
+        STREAM_INTERVAL_S, never a character that may be the start of a stop string.
         """
-        check_length(length)
-        sampler = Sampler(self.batch, temperature, top_k, top_p, rng, block=min(length, 256))
+        if options is None:
+            stops = (stop,) if stop else ()
+            options = DecodeOptions(length, temperature, top_k, top_p, stops, n=self.batch)
+        elif options.n != self.batch:
+            options = dataclasses.replace(options, n=self.batch)
         if self.logits is None:
             self.feed(self.generator.start_text)
-        if self.batch == 1:
-            return [self._sample_one(length, sampler, stop, on_text)]
-        tokens = np.zeros((length, self.batch), dtype=np.int32)
-        ends = np.full(self.batch, length)  # characters each row keeps
-        done = np.zeros(self.batch, dtype=bool)
-        matcher = StopMatcher(stop, self.generator.chars, self.batch) if stop else None
-        stream = _Stream(self.generator, on_text, self.batch) if on_text is not None else None
-        self.first_char_at = None
-        n = 0
-        perf_counter = time.perf_counter
-        draw = sampler.rows_drawer(len(self.generator.chars))
+        decoder = Decoder(self.generator.vocab)
+        decoder.add(Group(options, self.generator.vocab, rng))
         logits = self.logits
         assert logits is not None
-        stepper = self._stepper(length)
-        advance = stepper.advance
-        next_flush = -math.inf
-        try:
-            with overflow_detected():  # see Sampler.rows_drawer
-                for i in range(length):
-                    token = draw(logits, tokens[i])
-                    n = i + 1
-                    if matcher is not None and matcher.advance(token):
-                        ends[matcher.hit & ~done] = n - matcher.length
-                        done |= matcher.hit
-                        if done.all():
-                            break
-                    if stream is not None:
-                        now = perf_counter()
-                        if now >= next_flush:
-                            next_flush = now + STREAM_INTERVAL_S
-                            stream.flush_safe(tokens, n, ends, done, matcher)
-                    elif i == 0:
-                        self.first_char_at = perf_counter()
-                    logits = advance(token)
-        finally:
-            sampler.close()
-            self.logits = logits
-            self.h, self.c = stepper.state()
-        ends = np.minimum(ends, n)
-        if stream is not None:
-            stream.flush(tokens, ends)
-            self.first_char_at = stream.first_at
-        return [self.generator.decode(tokens[: ends[row], row]) for row in range(self.batch)]
-
-    def _sample_one(
-        self,
-        length: int,
-        sampler: Sampler,
-        stop: str | None,
-        on_text: Callable[[int, str], None] | None,
-    ) -> str:
-        """`sample` for one row, with Python ints in the loop instead of [batch] arrays.
-
-        At batch 1 a small int8 model's step costs only some tens of numpy calls, so the
-        bookkeeping (the token list, the stop automaton's state, the stream's clock) stays in
-        plain Python; the tokens and text are the same as `sample`'s (tested).
-        """
-        assert self.logits is not None
-        perf_counter = time.perf_counter
-        draw = sampler.row_drawer(len(self.generator.chars))
-        logits = self.logits
-        stepper = self._stepper(length)
-        advance = stepper.advance_one
-        out: list[int] = []
-        matcher = StopMatcher(stop, self.generator.chars, 1) if stop else None
-        table, stop_len, held = (matcher.rows, matcher.length, 0) if matcher else (None, 0, 0)
-        stream = _Stream(self.generator, on_text, 1) if on_text is not None else None
-        sent, next_flush = 0, -math.inf
+        stepper = self._stepper(options.length)
+        # Batch 1 draws and steps with Python ints: the same stages, without [batch] arrays.
+        one = self.batch == 1
+        draw = decoder.step_one if one else decoder.step
+        advance = stepper.advance_one if one else stepper.advance
+        perf_counter, next_flush = time.perf_counter, -math.inf
         self.first_char_at = None
         try:
-            with overflow_detected():  # see Sampler.row_drawer
-                for i in range(length):
-                    token = draw(logits)
-                    out.append(token)
-                    if table is not None:
-                        held = table[held][token]  # characters that may be the start of `stop`
-                        if held == stop_len:
-                            del out[-stop_len:]
-                            held = 0
-                            break
-                    if stream is not None:
-                        now = perf_counter()
-                        if now >= next_flush:
-                            next_flush = now + STREAM_INTERVAL_S
-                            if len(out) - held > sent:
-                                stream.send(0, out[sent : len(out) - held])
-                                sent = len(out) - held
-                    elif i == 0:
-                        self.first_char_at = perf_counter()
-                    logits = advance(token)
+            for _ in range(options.length):
+                token = draw(logits)
+                # Every row met a stop string: nothing more to feed. (A row that ran to the
+                # length is fed its last character, so that the session continues from it.)
+                if not decoder.open and decoder.all_stopped():
+                    break
+                if on_text is not None:
+                    now = perf_counter()
+                    if now >= next_flush:
+                        next_flush = now + STREAM_INTERVAL_S
+                        self._hand_over(decoder, on_text)
+                elif self.first_char_at is None:
+                    self.first_char_at = perf_counter()
+                logits = advance(token)  # type: ignore[arg-type]
         finally:
-            sampler.close()
+            decoder.sync()
             self.logits = logits
             self.h, self.c = stepper.state()
-        if stream is not None:
-            if len(out) > sent:
-                stream.send(0, out[sent:])
-            self.first_char_at = stream.first_at
-        return self.generator.decode(out)
+        if on_text is not None:
+            self._hand_over(decoder, on_text, last=True)
+        return [decoder.text(row) for row in decoder.rows]
+
+    def _hand_over(
+        self, decoder: Decoder, on_text: Callable[[int, str], None], last: bool = False
+    ) -> None:
+        if last:
+            for row in decoder.rows:
+                row.finish = row.finish or "length"
+        for position, text in decoder.flush():
+            if self.first_char_at is None:
+                self.first_char_at = time.perf_counter()
+            on_text(position, text)
 
 
 # Streamed text is handed over at most this often: a terminal cannot show more, and a
 # callback per character would cost as much as a step of a small model.
 STREAM_INTERVAL_S = 0.02
-
-
-class _Stream:
-    """Passes each row's new text to `on_text`, never a character that may be `stop`'s start."""
-
-    def __init__(
-        self, generator: Generator, on_text: Callable[[int, str], None], batch: int
-    ) -> None:
-        self.generator = generator
-        self.on_text = on_text
-        self.sent = np.zeros(batch, dtype=np.int64)  # characters of each row already passed on
-        self.first_at: float | None = None
-
-    def flush_safe(
-        self,
-        tokens: np.ndarray,
-        n: int,
-        ends: np.ndarray,
-        done: np.ndarray,
-        matcher: StopMatcher | None,
-    ) -> None:
-        """Pass on each row's text up to what cannot be the start of `stop` (or its end)."""
-        safe = np.full(len(ends), n) if matcher is None else n - matcher.state
-        self.flush(tokens, np.where(done, ends, safe))
-
-    def flush(self, tokens: np.ndarray, upto: np.ndarray) -> None:
-        for row in np.flatnonzero(upto > self.sent):
-            start, stop = int(self.sent[row]), int(upto[row])
-            self.send(int(row), tokens[start:stop, row])
-            self.sent[row] = stop
-
-    def send(self, row: int, ids: np.ndarray | list[int]) -> None:
-        if self.first_at is None:
-            self.first_at = time.perf_counter()
-        self.on_text(row, self.generator.decode(ids))
 
 
 class Generator:
@@ -340,14 +226,19 @@ class Generator:
         stop: str | None = None,
         unknown: str = "error",
         on_text: Callable[[int, str], None] | None = None,
+        options: DecodeOptions | None = None,
     ) -> GenerationResult:
-        """Warm the state with `prompt`, then sample `num_samples` texts in one batch."""
-        o = GenerationOptions(length, temperature, top_k, top_p, seed, num_samples, stop, unknown)
-        rng = np.random.default_rng(o.seed)
+        """Warm the state with `prompt`, then sample `num_samples` texts in one batch.
+        `options` (a DecodeOptions, as the CLI and the server build it) replaces the loose
+        arguments when given."""
+        if options is None:
+            stops = (stop,) if stop else ()
+            options = DecodeOptions(length, temperature, top_k, top_p, stops, seed, num_samples)
+        rng = np.random.default_rng(options.seed)
         t0 = time.perf_counter()
-        session = self.session(o.num_samples)
-        session.feed(prompt if prompt else self.start_text, o.unknown)
-        texts = session.sample(o.length, o.temperature, o.top_k, o.top_p, rng, o.stop, on_text)
+        session = self.session(options.n)
+        session.feed(prompt if prompt else self.start_text, unknown)
+        texts = session.sample(options.length, rng=rng, on_text=on_text, options=options)
         elapsed = time.perf_counter() - t0
         return GenerationResult(
             prompt=prompt,

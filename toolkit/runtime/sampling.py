@@ -1,50 +1,19 @@
 """Turning logits into the next character: temperature, top-k, top-p (nucleus), greedy.
 
 Two implementations side by side, as llama2.c keeps its readable `sample()` beside the fast
-path: `sample_next` is the definition (float64, one uniform per row per character), and
-`Sampler` is the generation loop's hot path, which gives the same tokens for the same random
-stream (tested). Pure numpy, deterministic for a given numpy Generator, and each row's token
-depends on that row alone (never on the rest of the batch).
+path: `sample_next` is the definition (float64, one uniform per row per character), and the
+drawers below (`OneDraw` for one row, `RowsDraw` for several) are the decoder's hot path,
+which give the same token for the same uniform (tested). Pure numpy; each row's token depends
+on its own logits and uniform alone (never on the rest of the batch). Where the uniforms come
+from (one random stream per request) is the decoder's business (`toolkit/runtime/decode.py`).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-
-from toolkit.errors import UsageError
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """How the next character is chosen; checked when made (the library's one check)."""
-
-    temperature: float = 1.0  # 0 is greedy
-    top_k: int = 0  # keep the k most likely; 0 keeps all
-    top_p: float = 1.0  # keep the smallest set whose probability reaches p
-
-    def __post_init__(self) -> None:
-        if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise UsageError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise UsageError(f"top-k must be >= 0 (0 means no limit), got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @property
-    def plain(self) -> bool:
-        """Temperature alone: no top-k or top-p filter."""
-        return self.top_k == 0 and self.top_p >= 1.0
-
 
 # --------------------------------------------------------------------------- the definition
 
@@ -117,9 +86,9 @@ def sample_next(
 # below it subnormal terms lose their precision. Anything else is drawn in float64.
 FLOAT32_TOTALS = (1e-20, math.inf)
 # Multiply-adds up to which OpenBLAS runs a matrix product on one thread (64k * 4): the
-# batch's float32 running sums take one (Sampler.rows_drawer); larger batches use float64.
+# rows' float32 running sums take one (RowsDraw); more rows are drawn in float64.
 SMALL_MATRIX_PRODUCT = 262_144
-# Temperatures at which batch 1 computes exp(logits / T) as e^(1/T) ** logits (row_drawer).
+# Temperatures at which one row computes exp(logits / T) as e^(1/T) ** logits (OneDraw).
 POWER_TEMPERATURES = (0.05, 2.0)
 
 
@@ -189,211 +158,121 @@ class Float64Draw:
         return np.add.reduce(below, 1, np.int32, out)  # type: ignore[call-overload]
 
 
-class Sampler:
-    """`sample_next` for one generation, with the uniforms drawn in blocks.
+class OneDraw:
+    """Plain temperature sampling for one row: `Float64Draw`'s token at a fraction of its
+    cost, the decoder's batch-1 hot path.
 
-    Same tokens as `sample_next` for the same random stream (tested), at a fraction of its
-    cost: plain temperature sampling skips the normalisation and the no-op filters, and runs
-    in float32 first. The float32 draw is kept only when `u * total` is farther from every
-    running sum than float32 rounding could move them (`float32_margin`): then the float64
-    draw (`Float64Draw`) is the same. Otherwise (about 1 in 200 draws per row) the row is
-    redone in float64, `sample_next`'s arithmetic in a different order: a draw could differ
-    from it only where `u` falls within rounding (~1e-16) of a boundary. `float64_draws`
-    counts the rows drawn in float64. Top-k and top-p use `sample_next`'s own arithmetic.
-
-    `row_drawer` (batch 1) and `rows_drawer` (batch > 1) return the draw as a function with
-    its buffers bound, for the generation loop. Call `close()` when done: it hands back the
-    uniforms drawn but not used, so the caller's random Generator ends where one
-    `rng.random(batch)` per character would have left it.
+    Two float32 numpy calls (exp(logits / T) as one `power`, and the running sums) and a
+    `bisect` over a memoryview of the sums (Python floats, no numpy call), then a check that
+    the two sums around `u * total` are farther from it than `float32_margin`: then the float64
+    draw is the same; if not (about 1 in 200 draws), the float64 draw. Call it under
+    `overflow_detected()`. Right after a step every numpy call is slow (cold caches) against a
+    small model's step, so buffers and functions are bound once, here, not per character.
     """
 
-    def __init__(
-        self,
-        batch: int,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        rng: np.random.Generator | None = None,
-        block: int = 256,
-    ) -> None:
-        self.options = SamplingOptions(temperature, top_k, top_p)
-        self.batch = batch
-        self.temperature = temperature
-        self.rng = rng if rng is not None else np.random.default_rng()
-        self._block = max(1, block)
-        self._uniforms = np.empty((0, batch))
-        self._uniform_list: list[float] = []  # batch 1: the block as Python floats
-        self._used = 0
-        self._state_before_block: Mapping[str, Any] | None = None
-        self._float64: Float64Draw | None = None
-        self._margin = 0.0  # batch > 1: set when rows_drawer's float32 path is used
-        self._bounds = np.empty((0, 2, batch, 1), np.float32)
-
-    @property
-    def float64_draws(self) -> int:
-        return self._float64.count if self._float64 is not None else 0
-
-    # ----------------------------------------------------------------- the uniforms
-
-    def _draw_block(self) -> None:
-        self._state_before_block = self.rng.bit_generator.state
-        # Row-major: row i holds what the i-th `rng.random(batch)` call would return.
-        self._uniforms = self.rng.random((self._block, self.batch))
-        if self.batch == 1:
-            self._uniform_list = self._uniforms[:, 0].tolist()
-        elif self._margin:  # rows_drawer's float32 path is in use
-            self._set_bounds()
-        self._used = 0
-
-    def _set_bounds(self) -> None:
-        """rows_drawer's float32 acceptance bounds for the block, [block, 2, batch, 1]:
-        u - margin and u + margin."""
-        u = self._uniforms[:, None, :, None]
-        self._bounds = np.concatenate([u - self._margin, u + self._margin], 1).astype(np.float32)
-
-    def _next_uniforms(self) -> np.ndarray:
-        if self._used == len(self._uniforms):
-            self._draw_block()
-        u = self._uniforms[self._used]
-        self._used += 1
-        return u
-
-    def close(self) -> None:
-        """Rewind the random Generator past the uniforms actually used."""
-        if self._state_before_block is not None and self._used < len(self._uniforms):
-            self.rng.bit_generator.state = self._state_before_block
-            if self._used:
-                self.rng.random((self._used, self.batch))
-        self._uniforms = np.empty((0, self.batch))
-        self._uniform_list = []
-        self._used = 0
-        self._state_before_block = None
-
-    # ----------------------------------------------------------------- the draws
-
-    def _float64_drawer(self, rows: int, vocab_size: int) -> Float64Draw:
-        self._float64 = Float64Draw(rows, vocab_size, self.temperature)
-        return self._float64
-
-    def _draw_filtered(self, logits: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Top-k / top-p: the reference arithmetic (rarely the bottleneck)."""
-        o = self.options
-        probs = next_token_probs(logits, o.temperature, o.top_k, o.top_p)
-        out[:] = inverse_cdf(probs, self._next_uniforms())
-        return out
-
-    def row_drawer(self, vocab_size: int) -> Callable[[np.ndarray], int]:
-        """Batch 1's draw as a function of the [1, vocab] logits: the generation loop's hot path.
-
-        Plain temperature sampling is two float32 numpy calls (exp(logits / T) as one
-        `power`, and the running sums) and a `bisect` over a memoryview of the sums (Python
-        floats, no numpy call), then a check that the two sums around `u * total` are farther
-        from it than the margin; if not, the float64 draw. Call it under
-        `overflow_detected()`: at very low temperatures exp overflows, which is detected and
-        redone. Right after a step every numpy call is slow (cold caches) against a small
-        model's step, so buffers and functions are bound once, here, not looked up per
-        character.
-        """
-        if self.options.greedy:
-            return lambda logits: int(logits.argmax())
-        one = np.zeros(1, np.int32)
-        if not self.options.plain:
-            return lambda logits: int(self._draw_filtered(logits, one)[0])
-        z32, sums32 = np.zeros((1, vocab_size), np.float32), np.zeros(vocab_size, np.float32)
-        row32, view32 = z32[0], sums32.data  # a memoryview: indexing gives Python floats
+    def __init__(self, vocab_size: int, temperature: float) -> None:
+        self.float64 = Float64Draw(1, vocab_size, temperature)
+        self._z32 = np.zeros((1, vocab_size), np.float32)
+        self._sums32 = np.zeros(vocab_size, np.float32)
+        self._view = self._sums32.data  # a memoryview: indexing gives Python floats
         # The scale as a 0-d array: numpy converts a Python scalar operand on every call.
-        scale = np.array(1.0 / self.temperature, np.float32)
+        self._scale = np.array(1.0 / temperature, np.float32)
         # exp(logits / T) as base ** logits, base = e^(1/T) rounded to float32: one numpy
         # call instead of two. Rounding the base moves the exponent by < |logit| * 6e-8, which
         # is within float32_margin's |logit / T| * 1.2e-7 for T <= 2; outside that range (and
         # where the base overflows) the scale and exp are separate calls.
         low, high = POWER_TEMPERATURES
-        one_call = low <= self.temperature <= high
-        base = np.array(math.exp(1.0 / self.temperature) if one_call else 1.0, np.float32)
-        float64 = self._float64_drawer(1, vocab_size)
-        u64 = np.zeros(1)
-        margin = float32_margin(vocab_size)
-        power, multiply, exp, accumulate = np.power, np.multiply, np.exp, np.add.accumulate
-        bisect_left, (tiny, inf) = bisect.bisect_left, FLOAT32_TOTALS
-
-        def draw(logits: np.ndarray) -> int:
-            if self._used == len(self._uniform_list):
-                self._draw_block()
-            u = self._uniform_list[self._used]
-            self._used += 1
-            if one_call:
-                power(base, logits, z32)
-            else:
-                multiply(logits, scale, z32)
-                exp(z32, z32)
-            accumulate(row32, 0, None, sums32)
-            total = view32[-1]
-            if tiny < total < inf:
-                x = u * total
-                token = bisect_left(view32, x)
-                # The sums only grow, so the two around x are the nearest ones.
-                gap = margin * total
-                if view32[token] - x > gap and (token == 0 or x - view32[token - 1] > gap):
-                    return token
-            u64[0] = u
-            return int(float64(logits, u64, one)[0])
-
-        return draw
-
-    def rows_drawer(self, vocab_size: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """Batch > 1's draw as a function of the [batch, vocab] logits and the int32 [batch]
-        array to write the tokens into: row_drawer's arithmetic for every row at once.
-
-        The float32 running sums are one matrix product with a triangle of ones (numpy's
-        row-wise accumulate is slower). Summed in any order, they are still within the
-        margin, and the check below does not need them to be sorted: the float32 draw is kept
-        when no running sum of any row lies between (u - margin) * total and
-        (u + margin) * total, so that each comparison with u * total is the float64 one. Rows
-        that fail are redone in float64, all rows when a total is out of range. Batches too
-        large for a small single-threaded matrix product are drawn in float64 throughout.
-        Call it under `overflow_detected()`.
-        """
-        if self.options.greedy:
-            return lambda logits, out: np.argmax(logits, -1, out)
-        if not self.options.plain:
-            return self._draw_filtered
-        float64 = self._float64_drawer(self.batch, vocab_size)
-        if self.batch * vocab_size * vocab_size > SMALL_MATRIX_PRODUCT:
-            return lambda logits, out: float64(logits, self._next_uniforms(), out)
-        shape = (self.batch, vocab_size)
-        z32, sums32 = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-        triangle = np.triu(np.ones((vocab_size, vocab_size), np.float32))  # [i, j]: i <= j
-        both, x_both = np.zeros((2, *shape), dtype=bool), np.zeros((2, self.batch, 1), np.float32)
-        low, high = both
-        total32, total_column = sums32[:, -1], sums32[:, -1:]
-        scale = np.array(1.0 / self.temperature, np.float32)  # 0-d: see row_drawer
-        multiply, less, nonzero, dot = np.multiply, np.less, np.count_nonzero, np.dot
-        exp, smallest, largest, count = np.exp, np.minimum.reduce, np.maximum.reduce, np.add.reduce
-        tiny, inf = FLOAT32_TOTALS
+        self._one_call = low <= temperature <= high
+        self._base = np.array(math.exp(1.0 / temperature) if self._one_call else 1.0, np.float32)
         self._margin = float32_margin(vocab_size)
-        self._set_bounds()  # for the block in use, if any; _draw_block sets the next ones
+        self._u64 = np.zeros(1)
+        self._token = np.zeros(1, np.int32)
 
-        def draw(logits: np.ndarray, out: np.ndarray) -> np.ndarray:
-            row = self._used  # _next_uniforms inlined: the uniforms are needed only to redo
-            if row == len(self._uniforms):
-                self._draw_block()
-                row = 0
-            self._used = row + 1
-            multiply(logits, scale, z32)
-            exp(z32, z32)
-            dot(z32, triangle, sums32)
-            if not (smallest(total32) > tiny and largest(total32) < inf):
-                return float64(logits, self._uniforms[row], out)
-            multiply(total_column, self._bounds[row], x_both)  # [2, batch, 1]
-            less(sums32, x_both, both)  # [2, batch, vocab]: below low, below high
-            count(high, 1, np.int32, out)  # type: ignore[call-overload]
-            # low implies high, so equal counts mean no sum between the bounds; else the rows
-            # where they differ (usually one) are redone in float64.
-            if nonzero(low) != nonzero(high):
-                bad = np.flatnonzero(count(low, 1, np.int32) != out)
-                out[bad] = float64(
-                    logits[bad], self._uniforms[row][bad], np.empty(len(bad), np.int32)
-                )
-            return out
+    @property
+    def float64_draws(self) -> int:
+        return self.float64.count
 
-        return draw
+    def __call__(self, logits: np.ndarray, u: float) -> int:
+        """The token for [1, vocab] logits and the uniform u."""
+        z32, view = self._z32, self._view
+        if self._one_call:
+            np.power(self._base, logits, z32)
+        else:
+            np.multiply(logits, self._scale, z32)
+            np.exp(z32, z32)
+        np.add.accumulate(z32[0], 0, None, self._sums32)
+        total = view[-1]
+        tiny, inf = FLOAT32_TOTALS
+        if tiny < total < inf:
+            x = u * total
+            token = bisect.bisect_left(view, x)
+            # The sums only grow, so the two around x are the nearest ones.
+            gap = self._margin * total
+            if view[token] - x > gap and (token == 0 or x - view[token - 1] > gap):
+                return token
+        self._u64[0] = u
+        return int(self.float64(logits, self._u64, self._token)[0])
+
+
+class RowsDraw:
+    """Plain temperature sampling for `rows` rows at one temperature, each with its own
+    uniform: `OneDraw`'s arithmetic for every row at once.
+
+    The float32 running sums are one matrix product with a triangle of ones (numpy's row-wise
+    accumulate is slower). Summed in any order, they are still within the margin, and the
+    check below does not need them to be sorted: the float32 draw is kept when no running sum
+    of any row lies between (u - margin) * total and (u + margin) * total, so that each
+    comparison with u * total is the float64 one. Rows that fail are redone in float64, all
+    rows when a total is out of range. Too many rows for a small single-threaded matrix
+    product are drawn in float64 throughout. Call it under `overflow_detected()`.
+    """
+
+    def __init__(self, rows: int, vocab_size: int, temperature: float) -> None:
+        self.rows = rows
+        self.float64 = Float64Draw(rows, vocab_size, temperature)
+        self.float32 = rows * vocab_size * vocab_size <= SMALL_MATRIX_PRODUCT
+        if not self.float32:
+            return
+        shape = (rows, vocab_size)
+        self._z32, self._sums32 = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        self._triangle = np.triu(np.ones((vocab_size, vocab_size), np.float32))  # i <= j
+        self._below = np.zeros((2, *shape), dtype=bool)
+        self._bounds = np.zeros((2, rows, 1), np.float32)
+        self._x = np.zeros((2, rows, 1), np.float32)
+        self._margin = np.array([[[-1.0]], [[1.0]]]) * float32_margin(vocab_size)
+        self._scale = np.array(1.0 / temperature, np.float32)  # 0-d: see OneDraw
+
+    @property
+    def float64_draws(self) -> int:
+        return self.float64.count
+
+    def __call__(self, logits: np.ndarray, u: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Tokens of [rows, vocab] logits for the uniforms u [rows] into `out` (int32)."""
+        if not self.float32:
+            return self.float64(logits, u, out)
+        z32, sums32 = self._z32, self._sums32
+        np.multiply(logits, self._scale, z32)
+        np.exp(z32, z32)
+        np.dot(z32, self._triangle, sums32)
+        totals = sums32[:, -1]
+        tiny, inf = FLOAT32_TOTALS
+        if not (np.minimum.reduce(totals) > tiny and np.maximum.reduce(totals) < inf):
+            return self.float64(logits, u, out)
+        np.add(u[:, None], self._margin, self._bounds, casting="unsafe")  # [2, rows, 1]
+        np.multiply(sums32[:, -1:], self._bounds, self._x)
+        low, high = self._below
+        np.less(sums32, self._x, self._below)  # [2, rows, vocab]: below low, below high
+        np.add.reduce(high, 1, np.int32, out)  # type: ignore[call-overload]
+        # low implies high, so equal counts mean no sum between the bounds; else the rows
+        # where they differ (usually one) are redone in float64.
+        if np.count_nonzero(low) != np.count_nonzero(high):
+            bad = np.flatnonzero(np.add.reduce(low, 1, np.int32) != out)
+            out[bad] = self.float64(logits[bad], u[bad], np.empty(len(bad), np.int32))
+        return out
+
+
+def draw_filtered(
+    logits: np.ndarray, u: np.ndarray, temperature: float, top_k: int, top_p: float
+) -> np.ndarray:
+    """Top-k / top-p rows: `sample_next`'s own arithmetic for the given uniforms."""
+    return inverse_cdf(next_token_probs(logits, temperature, top_k, top_p), u)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pydantic import ValidationError as PydanticValidationError
 
 from toolkit.errors import UsageError, first_line
-from toolkit.runtime.sampling import SamplingOptions
+from toolkit.runtime.decode import DecodeOptions
 from toolkit.serve.engine import Engine, Event, NotAccepting, QueueFull, Request, deliver_each
 from toolkit.serve.model import ServedModel, ServeLimits
 from toolkit.serve.state_token import StateTokenError, StreamState
@@ -287,9 +287,16 @@ class Server:
                 start = model.codec.decode(body.state)
             except StateTokenError as exc:
                 raise invalid(f"state: {exc}", "invalid_state") from None
-        top_k = max(body.top_k, 0)
         try:
-            options = SamplingOptions(body.temperature, top_k, body.top_p)
+            options = DecodeOptions(
+                length=body.max_tokens,
+                temperature=body.temperature,
+                top_k=max(body.top_k, 0),
+                top_p=body.top_p,
+                stop=stops,
+                seed=body.seed,
+                n=body.n,
+            )
         except UsageError as exc:
             raise invalid(str(exc)) from None
         queue: asyncio.Queue[tuple[int, list[Event]]] = asyncio.Queue()
@@ -311,11 +318,7 @@ class Server:
             requests.append(
                 Request(
                     prompt_ids=model.vocab.encode(fed).tolist(),
-                    max_tokens=body.max_tokens,
                     options=options,
-                    n=body.n,
-                    stops=stops,
-                    seed=body.seed,
                     start=start,
                     return_state=body.return_state,
                     timeout_s=limits.request_timeout_s,

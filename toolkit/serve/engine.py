@@ -6,12 +6,13 @@ into its `n` sampling rows. A row leaves when it reaches `max_tokens`, meets a s
 cancelled, times out or is aborted at shutdown. Rows are kept as the arrays the last step
 returned ([layers, rows, units]), gathered again only when the membership changes.
 
-Why a seeded request gives the same text alone or among 63 others, and the same as
-`toolkit generate`: every request has its own random Generator and draws one uniform per
-choice per character, as `Sampler` does; each row's token depends on its own logits and
-uniform alone (`DrawPlan` uses `Float64Draw`, the arithmetic the generation loop's float32
-draw is checked against); and a row's step is the same whatever shares its batch on backends
-whose rows are batch-invariant (`batch_invariant` measures it at start-up).
+The engine admits, forks and drops rows, steps the backend and hands text over; choosing
+each character, stop strings and holding back text are the decoder's
+(`toolkit/runtime/decode.py`), the same one `toolkit generate` uses. So a seeded request
+gives the same text alone, among 63 others, and as `toolkit generate`: each request is a
+decoder group with its own random stream, a row's character depends on its own logits and
+uniform alone, and a row's step is the same whatever shares its batch on backends whose rows
+are batch-invariant (`batch_invariant` measures it at start-up).
 """
 
 from __future__ import annotations
@@ -20,21 +21,14 @@ import collections
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolkit.runtime.sampling import (
-    Float64Draw,
-    Sampler,
-    SamplingOptions,
-    inverse_cdf,
-    next_token_probs,
-    overflow_detected,
-)
+from toolkit.runtime import decode
+from toolkit.runtime.decode import DecodeOptions, Decoder, Group
 from toolkit.runtime.step import StepBackend
-from toolkit.runtime.stop import StopMatcher
 from toolkit.serve.state_token import StreamState
 from toolkit.vocabulary import Vocabulary
 
@@ -66,15 +60,12 @@ class Event:
 
 @dataclass
 class Request:
-    """One prompt's `n` choices. `deliver` is called on the engine thread with a batch of
-    events; it must hand them over without blocking (the HTTP side posts them to its loop)."""
+    """One prompt's `options.n` choices. `deliver` is called on the engine thread with a
+    batch of events; it must hand them over without blocking (the HTTP side posts them to its
+    loop)."""
 
     prompt_ids: list[int]
-    max_tokens: int
-    options: SamplingOptions
-    n: int = 1
-    stops: tuple[str, ...] = ()
-    seed: int | None = None
+    options: DecodeOptions
     start: StreamState | None = None  # continue from a state token
     return_state: bool = False
     timeout_s: float = math.inf
@@ -87,24 +78,35 @@ class Request:
     cancelled: bool = False
     chars: int = 0  # characters kept over all its choices, counted as each choice ends
     open_choices: int = 0
-    rng: np.random.Generator | None = None
-    # Per stop string: its KMP automaton's rows (state, token -> state) and its length.
-    stop_tables: list[tuple[list[list[int]], int]] = field(default_factory=list)
+    group: Group | None = None  # its rows' decoder group (options and random stream)
+
+    @property
+    def n(self) -> int:
+        return self.options.n
+
+    @property
+    def max_tokens(self) -> int:
+        return self.options.length
+
+    @property
+    def seed(self) -> int | None:
+        return self.options.seed
 
 
 class Row:
-    """One row of the batch: a request's prompt pass (`choice` -1), or one of its choices."""
+    """One row of the batch: a request's prompt pass (`choice` -1, `pending` the prompt
+    tokens still to feed, last first), or one of its choices (`decoding`, the decoder's row)."""
 
-    __slots__ = ("choice", "finish", "out", "pending", "request", "sent", "stop_states")
+    __slots__ = ("choice", "decoding", "finish", "pending", "request")
 
-    def __init__(self, request: Request, choice: int, pending: list[int]) -> None:
+    def __init__(self, request: Request, choice: int, pending: list[int] | None = None) -> None:
         self.request = request
         self.choice = choice
-        self.pending = pending  # prompt tokens still to feed, last first (popped from the end)
-        self.out: list[int] = []  # the choice's token ids so far
-        self.sent = 0  # how many of `out` were handed over
-        # Per stop string: how many of out's last characters are a start of it (StopMatcher).
-        self.stop_states = [0] * len(request.stops)
+        self.pending = pending or []
+        self.decoding: decode.Row | None = None
+        if choice >= 0:
+            assert request.group is not None
+            self.decoding = decode.Row(request.group, choice)
         # Why the row ends, once it does. "length" rows of a request that returns its state
         # stay for one more step, so that the state includes their last character (as after
         # `generate`, whose loop feeds every character it keeps).
@@ -155,52 +157,6 @@ def _entry_bytes(key: tuple[int, ...], *arrays: np.ndarray) -> int:
     return 8 * len(key) + sum(a.nbytes for a in arrays) + 200  # 200: the entry's own objects
 
 
-class DrawPlan:
-    """How a batch's rows draw their next token, each with its own options and uniform: the
-    token `Sampler` gives for that row with that uniform (greedy: argmax, no uniform).
-
-    Made once per batch membership (the engine remakes it when rows join or leave). Rows that
-    share a temperature are drawn together by one `Float64Draw`, whose arithmetic is
-    elementwise per row; top-k / top-p rows use `sample_next`'s arithmetic, as `Sampler` does.
-    """
-
-    def __init__(self, options: Sequence[SamplingOptions], vocab_size: int) -> None:
-        self.greedy = np.array([i for i, o in enumerate(options) if o.greedy], np.int64)
-        by_temperature: dict[float, list[int]] = collections.defaultdict(list)
-        self.filtered: list[tuple[int, SamplingOptions]] = []
-        for i, o in enumerate(options):
-            if o.greedy:
-                continue
-            if o.plain:
-                by_temperature[o.temperature].append(i)
-            else:
-                self.filtered.append((i, o))
-        self.plain = [
-            (np.array(rows, np.int64), Float64Draw(len(rows), vocab_size, temperature))
-            for temperature, rows in by_temperature.items()
-        ]
-
-    def draw(self, logits: np.ndarray, uniforms: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Tokens of [rows, vocab] logits into `out` (int32 [rows])."""
-        if len(self.greedy):
-            out[self.greedy] = logits[self.greedy].argmax(1)
-        with overflow_detected():
-            for rows, draw in self.plain:
-                out[rows] = draw(logits[rows], uniforms[rows], np.empty(len(rows), np.int32))
-        for i, o in self.filtered:
-            probs = next_token_probs(logits[i : i + 1], o.temperature, o.top_k, o.top_p)
-            out[i] = inverse_cdf(probs, uniforms[i : i + 1])[0]
-        return out
-
-
-def draw_tokens(
-    logits: np.ndarray, options: Sequence[SamplingOptions], uniforms: np.ndarray
-) -> np.ndarray:
-    """One token per row of [rows, vocab] logits (`DrawPlan` for a single draw)."""
-    plan = DrawPlan(options, logits.shape[1])
-    return plan.draw(logits, uniforms, np.zeros(len(options), np.int32))
-
-
 def batch_invariant(backend: StepBackend, state_shape: tuple[int, int], vocab: int) -> bool:
     """Whether each row of a batched step is bitwise the row stepped alone (probed on random
     tokens and states, batch 8 against 1): what makes a seeded text independent of the
@@ -227,31 +183,20 @@ def batch_invariant(backend: StepBackend, state_shape: tuple[int, int], vocab: i
 
 @dataclass
 class _Plan:
-    """What each step of one batch membership does, worked out once (remade when rows join or
-    leave): which rows draw, how, with whose uniforms, which feed a prompt."""
+    """Which rows draw and which feed a prompt, for one batch membership (remade when rows
+    join or leave)."""
 
-    sampling: np.ndarray  # positions of the rows that draw
-    sampling_rows: list[Row]
-    draw: DrawPlan
-    single: np.ndarray  # positions (in `sampling`) of the one-choice requests that sample
-    single_rngs: list[np.random.Generator]  # ... and their random Generators
-    sources: list[tuple[Request, np.ndarray, np.ndarray]]  # n > 1: request, positions, choices
-    starting: list[Request]  # requests whose first character this draw is
-    stop_rows: list[tuple[int, Row]]  # (index into `sampling`, row) of rows with stop strings
+    sampling: np.ndarray  # positions of the rows that draw (the decoder's rows, in order)
     prompts: list[tuple[int, Row]]  # (position, row) of prompt passes
-    uniforms: np.ndarray
-    tokens: np.ndarray
-    # One stream alone, sampling with temperature only: `generate`'s own batch-1 draw (the
-    # float32 path of `Sampler.row_drawer`), the same tokens at a fraction of the cost.
-    solo: Sampler | None = None
-    solo_draw: Callable[[np.ndarray], int] | None = None
+    starting: list[Request]  # requests whose first character the next draw is
 
 
 class Engine:
     """Continuous batching over one backend, on a thread of its own (`start`).
 
-    The batch is kept as arrays aligned with `rows`: h and c [layers, rows, units], the
-    logits of the last step [rows, vocab], the characters each row may still draw.
+    The batch is kept as arrays aligned with `rows`: h and c [layers, rows, units] and the
+    logits of the last step [rows, vocab]. The rows that draw are the decoder's rows, in the
+    same order.
     """
 
     def __init__(
@@ -281,7 +226,7 @@ class Engine:
         self.h = np.zeros((self.layers, 0, self.units), np.float32)
         self.c = np.zeros_like(self.h)
         self.logits = np.zeros((0, self.vocab_size), np.float32)
-        self.remaining = np.zeros(0, np.int64)
+        self.decoder = Decoder(vocab)
         self._plan: _Plan | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -404,28 +349,25 @@ class Engine:
             used += request.n
             request.admitted = now
             request.open_choices = request.n
-            request.rng = np.random.default_rng(request.seed)
-            request.stop_tables = [
-                (m.rows, m.length)
-                for m in (StopMatcher(stop, self.vocab.chars, 1) for stop in request.stops)
-            ]
-            self.running.append(request)
+            rng = np.random.default_rng(request.seed)
             start = request.start
             h = c = np.zeros((self.layers, self.units), np.float32)
             logits: np.ndarray | None = None
             if start is not None:
-                request.rng.bit_generator.state = start.rng_state
+                rng.bit_generator.state = start.rng_state
                 h, c, logits = start.h, start.c, start.logits
             elif (cached := self.cache.get(tuple(request.prompt_ids))) is not None:
                 h, c, logits = cached
                 self.stats.cache_hits += 1
+            request.group = Group(request.options, self.vocab, rng, owner=request)
+            self.running.append(request)
             if request.prompt_ids and (start is not None or logits is None):
                 joining.append((Row(request, -1, request.prompt_ids[::-1]), h, c, None))
             elif request.max_tokens == 0:
                 assert logits is not None
                 self._end_at_once(request, h, c, logits)
             else:
-                joining.extend((Row(request, k, []), h, c, logits) for k in range(request.n))
+                joining.extend((Row(request, k), h, c, logits) for k in range(request.n))
         if joining:
             self.rows = self.rows + [row for row, *_ in joining]
             self.h = np.concatenate([self.h, np.stack([j[1] for j in joining], 1)], 1)
@@ -433,9 +375,7 @@ class Engine:
             zero = np.zeros(self.vocab_size, np.float32)
             new_logits = np.stack([zero if j[3] is None else j[3] for j in joining])
             self.logits = np.concatenate([self.logits, new_logits])
-            limits = [row.request.max_tokens for row, *_ in joining]
-            self.remaining = np.concatenate([self.remaining, np.array(limits, np.int64)])
-            self._invalidate_plan()
+            self._plan = None
 
     def _drop_cancelled(self) -> None:
         """Rows of requests that were cancelled or ran out of time leave now."""
@@ -463,12 +403,9 @@ class Engine:
         self, request: Request, h: np.ndarray, c: np.ndarray, logits: np.ndarray
     ) -> None:
         """A request for no characters ends after its prompt, with that state."""
-        assert request.rng is not None
         state = None
         if request.return_state:
-            state = StreamState(
-                h.copy(), c.copy(), logits.copy(), dict(request.rng.bit_generator.state)
-            )
+            state = _stream_state(request, h, c, logits)
         request.deliver(request, [Event(k, "", "length", state) for k in range(request.n)])
         request.open_choices = 0
         self.running.remove(request)
@@ -480,29 +417,23 @@ class Engine:
         the positions of the rows that stay."""
         if not ending:
             return list(range(len(self.rows)))
-        self._invalidate_plan()  # before a state token reads the random generator
         finished: list[Request] = []
         for i in ending:
             row = self.rows[i]
             request = row.request
             reason = row.finish or "abort"
-            if row.choice < 0:  # the prompt pass: every choice ends with it
+            if row.decoding is None:  # the prompt pass: every choice ends with it
                 events = [Event(choice, "", reason) for choice in range(request.n)]
                 request.open_choices = 0
             else:
                 state = None
                 if request.return_state:
-                    assert request.rng is not None
-                    state = StreamState(
-                        self.h[:, i].copy(),
-                        self.c[:, i].copy(),
-                        self.logits[i].copy(),
-                        dict(request.rng.bit_generator.state),
-                    )
-                text = self.vocab.decode(row.out[row.sent :])
+                    state = _stream_state(request, self.h[:, i], self.c[:, i], self.logits[i])
+                decoding = row.decoding
+                decoding.finish = decoding.finish or reason  # the rest is handed over whole
+                text = self.vocab.decode(decoding.take())
                 events = [Event(row.choice, text, reason, state)]
-                request.chars += len(row.out)
-                row.sent = len(row.out)
+                request.chars += len(decoding.out)
                 request.open_choices -= 1
             request.deliver(request, events)
             if request.open_choices == 0:
@@ -520,55 +451,19 @@ class Engine:
     def _reindex(self, index: list[int], rows: list[Row] | None = None) -> None:
         """The batch becomes the rows at `index` (repeats allowed: a fork)."""
         self.rows = rows if rows is not None else [self.rows[i] for i in index]
-        self.h, self.c = self.h[:, index], self.c[:, index]
-        self.logits, self.remaining = self.logits[index], self.remaining[index]
-        self._invalidate_plan()
-
-    def _invalidate_plan(self) -> None:
-        """The membership changed: the plan is remade before the next draw. A lone stream's
-        Sampler hands back the uniforms it drew ahead, so that its random generator is where
-        one uniform per character leaves it (for the next plan and for state tokens)."""
-        if self._plan is not None and self._plan.solo is not None:
-            self._plan.solo.close()
+        self.h, self.c, self.logits = self.h[:, index], self.c[:, index], self.logits[index]
         self._plan = None
 
     def _make_plan(self) -> _Plan:
-        sampling = [i for i, row in enumerate(self.rows) if row.choice >= 0]
-        rows = [self.rows[i] for i in sampling]
-        positions: dict[int, list[int]] = collections.defaultdict(list)
-        requests: dict[int, Request] = {}
-        for k, row in enumerate(rows):
-            if not row.request.options.greedy:
-                positions[id(row.request)].append(k)
-                requests[id(row.request)] = row.request
-        single = [key for key in positions if requests[key].n == 1]
-        sources = [
-            (requests[key], np.array(ks), np.array([rows[k].choice for k in ks]))
-            for key, ks in positions.items()
-            if requests[key].n > 1
-        ]
-        starting = {id(r.request): r.request for r in rows if r.request.first_char_at is None}
-        solo = solo_draw = None
-        if len(rows) == 1 and rows[0].request.n == 1:
-            request = rows[0].request
-            o = request.options
-            if o.plain and not o.greedy:
-                solo = Sampler(1, o.temperature, rng=request.rng)
-                solo_draw = solo.row_drawer(self.vocab_size)
+        sampling = [i for i, row in enumerate(self.rows) if row.decoding is not None]
+        decoding = [self.rows[i].decoding for i in sampling]
+        self.decoder.set_rows(decoding)  # type: ignore[arg-type]
+        waiting = (self.rows[i].request for i in sampling)
+        starting = {id(r): r for r in waiting if r.first_char_at is None}
         return _Plan(
             sampling=np.array(sampling, np.int64),
-            sampling_rows=rows,
-            draw=DrawPlan([row.request.options for row in rows], self.vocab_size),
-            single=np.array([positions[key][0] for key in single], np.int64),
-            single_rngs=[requests[key].rng for key in single],  # type: ignore[misc]
-            sources=sources,
+            prompts=[(i, row) for i, row in enumerate(self.rows) if row.decoding is None],
             starting=list(starting.values()),
-            stop_rows=[(k, row) for k, row in enumerate(rows) if row.request.stops],
-            prompts=[(i, row) for i, row in enumerate(self.rows) if row.choice < 0],
-            uniforms=np.zeros(len(rows)),
-            tokens=np.zeros(len(rows), np.int32),
-            solo=solo,
-            solo_draw=solo_draw,
         )
 
     def _step(self) -> None:
@@ -605,29 +500,16 @@ class Engine:
             self._fork(forks)
 
     def _draw(self, plan: _Plan, tokens: np.ndarray) -> tuple[list[int], bool]:
-        """Draw for the plan's rows into `tokens`: one uniform per choice of each request
-        that samples (as `Sampler` draws one per row per character), each row's token from its
-        own logits and uniform; then stop strings and lengths. The positions of the rows that
+        """The decoder draws for the plan's rows into `tokens`. The positions of the rows that
         end without a last step, and whether some row ends after one (to return its state)."""
-        if plan.solo_draw is not None:
-            i = int(plan.sampling[0])
-            with overflow_detected():
-                plan.tokens[0] = plan.solo_draw(self.logits[i : i + 1])
-            drawn = plan.tokens
+        sampling = plan.sampling
+        if len(sampling) == 1:
+            i = int(sampling[0])
+            tokens[i] = self.decoder.step_one(self.logits[i : i + 1])
         else:
-            uniforms = plan.uniforms
-            if plan.single_rngs:
-                uniforms[plan.single] = [rng.random() for rng in plan.single_rngs]
-            for request, positions, choices in plan.sources:
-                assert request.rng is not None
-                uniforms[positions] = request.rng.random(request.n)[choices]
-            drawn = plan.draw.draw(self.logits[plan.sampling], uniforms, plan.tokens)
-        tokens[plan.sampling] = drawn
-        for row, token in zip(plan.sampling_rows, drawn.tolist(), strict=True):
-            row.out.append(token)
-        remaining = self.remaining
-        remaining[plan.sampling] -= 1
-        self.stats.chars += len(drawn)
+            all_rows = len(sampling) == len(self.rows)
+            tokens[sampling] = self.decoder.step(self.logits if all_rows else self.logits[sampling])
+        self.stats.chars += len(sampling)
         if plan.starting:
             now = time.perf_counter()
             for request in plan.starting:
@@ -636,35 +518,18 @@ class Engine:
             self._started = True
         ending: list[int] = []
         feeding_last = False
-        for k, row in plan.stop_rows:
-            if self._stopped(row):
-                row.finish = "stop"
-                ending.append(int(plan.sampling[k]))
-        for i in np.flatnonzero(remaining[plan.sampling] <= 0).tolist():
-            position = int(plan.sampling[i])
+        for k in self.decoder.ended:
+            position = int(sampling[k])
             row = self.rows[position]
-            if row.finish is None:
-                row.finish = "length"
-                # The state of a returned token includes the last character, as after
-                # `generate`, whose loop feeds every character it keeps.
-                if row.request.return_state:
-                    feeding_last = True
-                else:
-                    ending.append(position)
-        return sorted(ending), feeding_last
-
-    def _stopped(self, row: Row) -> bool:
-        """Whether the row's text now ends with a stop string (the first in the request's
-        order); if so, the string is removed. Called once per character the row draws."""
-        token, states, hit = row.out[-1], row.stop_states, 0
-        for k, (table, length) in enumerate(row.request.stop_tables):
-            states[k] = table[states[k]][token]
-            if states[k] == length and not hit:
-                hit = length
-        if hit:
-            del row.out[len(row.out) - hit :]
-            row.sent = min(row.sent, len(row.out))
-        return bool(hit)
+            assert row.decoding is not None
+            row.finish = row.decoding.finish
+            # The state of a returned token includes the last character, as after `generate`,
+            # whose loop feeds every character it keeps.
+            if row.finish == "length" and row.request.return_state:
+                feeding_last = True
+            else:
+                ending.append(position)
+        return ending, feeding_last
 
     def _fork(self, forks: list[Row]) -> None:
         """Prompt passes that are done become their request's `n` choice rows, each starting
@@ -686,25 +551,31 @@ class Engine:
                 self._end_at_once(request, self.h[:, i], self.c[:, i], self.logits[i])
                 continue
             for choice in range(request.n):
-                rows.append(Row(request, choice, []))
+                rows.append(Row(request, choice))
                 index.append(i)
         self._reindex(index, rows)
 
     def flush(self) -> None:
-        """Hand each request the text its choices produced since the last flush, holding back
-        characters that may be the start of a stop string."""
+        """Hand each request the text its choices produced since the last flush (the
+        decoder holds back characters that may be the start of a stop string)."""
         events: dict[int, tuple[Request, list[Event]]] = {}
-        for row in self.rows:
-            if row.choice < 0 or len(row.out) == row.sent:
-                continue
-            upto = len(row.out) - max(row.stop_states, default=0)
-            if upto <= row.sent:
-                continue
-            text = self.vocab.decode(row.out[row.sent : upto])
-            row.sent = upto
-            events.setdefault(id(row.request), (row.request, []))[1].append(Event(row.choice, text))
+        for k, text in self.decoder.flush():
+            row = self.decoder.rows[k]
+            request: Request = row.group.owner  # type: ignore[assignment]
+            events.setdefault(id(request), (request, []))[1].append(Event(row.choice, text))
         if events:
             self.deliver_many(list(events.values()))
+
+
+def _stream_state(
+    request: Request, h: np.ndarray, c: np.ndarray, logits: np.ndarray
+) -> StreamState:
+    """The stream's state for a token: its random stream where one draw per character
+    leaves it (the uniforms drawn ahead are handed back first)."""
+    assert request.group is not None
+    request.group.sync()
+    rng_state = dict(request.group.rng.bit_generator.state)
+    return StreamState(h.copy(), c.copy(), logits.copy(), rng_state)
 
 
 def deliver_each(batches: list[tuple[Request, list[Event]]]) -> None:

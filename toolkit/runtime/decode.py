@@ -1,0 +1,374 @@
+"""The decoder: each step's logits in, the next characters out, for a set of rows.
+
+Every caller decodes through it: `Session.sample` (a fixed set of rows) and the server's
+`Engine` (rows join, fork and leave between steps). Per row it keeps the options, the
+characters drawn, the stop strings' automata, the text held back because it may be the start
+of a stop string, and the characters left; per group of rows (one request's `n` choices, or a
+session's batch) one random stream, from which the group draws one uniform per row per
+character whether or not a row still runs, as `reference.sample` does. A row's token depends
+on its own logits, options and uniform alone, so a seeded text is the same alone or among
+any other rows.
+
+    decoder = Decoder(vocab)
+    rows = decoder.add(Group(options, vocab, rng))    # options.n rows
+    tokens = decoder.step(logits)                      # [rows, vocab] -> int32 [rows]
+    decoder.ended                                      # positions whose row ended this step
+    decoder.flush()                                    # (row, text safe to show) pairs
+
+`step_one` is `step` for a lone row, with Python scalars instead of arrays (at batch 1 a
+small model's step costs only tens of microseconds); it is the same stages in the same order.
+`toolkit/runtime/reference.py` is the plain loop both are tested against.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import UsageError
+from toolkit.runtime.sampling import (
+    OneDraw,
+    RowsDraw,
+    draw_filtered,
+    overflow_detected,
+)
+from toolkit.runtime.stop import stop_table
+from toolkit.vocabulary import Vocabulary
+
+Index = np.ndarray | slice  # positions in the batch: a slice when they are every row
+
+# Uniforms are drawn from a group's random stream this many characters at a time (one numpy
+# call instead of one per character); `Group.sync` hands back what was drawn ahead.
+UNIFORM_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a request's characters are chosen; checked once, when made (the CLI and the
+    server's request models build it; nothing below checks it again)."""
+
+    length: int = 200  # characters at most
+    temperature: float = 1.0  # 0 is greedy
+    top_k: int = 0  # keep the k most likely; 0 keeps all
+    top_p: float = 1.0  # keep the smallest set whose probability reaches p
+    stop: tuple[str, ...] = ()  # the text ends before the first of these to appear
+    seed: int | None = None
+    n: int = 1  # rows (texts) decoded from the same prompt
+
+    def __post_init__(self) -> None:
+        if self.length < 0:
+            raise UsageError(f"length must be >= 0, got {self.length}")
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise UsageError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise UsageError(f"top-k must be >= 0 (0 means no limit), got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.n < 1:
+            raise UsageError(f"num-samples must be >= 1, got {self.n}")
+        if any(not s for s in self.stop):
+            raise UsageError("a stop string must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def plain(self) -> bool:
+        """Temperature alone: no top-k or top-p filter."""
+        return self.top_k == 0 and self.top_p >= 1.0
+
+
+class Group:
+    """Rows that share options and one random stream: a request's `n` choices, or a
+    session's batch. The stream gives `n` uniforms per character (none when greedy)."""
+
+    def __init__(
+        self,
+        options: DecodeOptions,
+        vocab: Vocabulary,
+        rng: np.random.Generator | None = None,
+        owner: object = None,
+    ) -> None:
+        self.options = options
+        self.owner = owner  # whatever the caller decodes it for (the server: its request)
+        self.n = options.n
+        self.rng = rng if rng is not None else np.random.default_rng(options.seed)
+        # Per stop string: its automaton's rows (state, token -> state) and its length.
+        self.stops = [(stop_table(s, vocab.chars).tolist(), len(s)) for s in options.stop]
+        self.block = UNIFORM_BLOCK
+        self._uniforms = np.empty((0, self.n))
+        self._floats: list[float] = []  # n == 1: the block as Python floats
+        self._used = 0
+        self._state_before: Mapping[str, Any] | None = None
+
+    def uniforms(self) -> np.ndarray:
+        """The next character's n uniforms."""
+        if self._used == len(self._uniforms):
+            self._refill()
+        self._used += 1
+        return self._uniforms[self._used - 1]
+
+    def uniform(self) -> float:
+        """`uniforms()[0]` as a Python float, for a group of one."""
+        if self._used == len(self._floats):
+            self._refill()
+        self._used += 1
+        return self._floats[self._used - 1]
+
+    def _refill(self) -> None:
+        self._state_before = self.rng.bit_generator.state
+        # Row i holds what the i-th `rng.random(n)` call would return.
+        self._uniforms = self.rng.random((self.block, self.n))
+        self._floats = self._uniforms[:, 0].tolist() if self.n == 1 else []
+        self._used = 0
+
+    def sync(self) -> None:
+        """Rewind the random stream past the uniforms drawn ahead: it is then where one
+        `rng.random(n)` per character drawn leaves it (for a state token, or the caller)."""
+        if self._state_before is not None and self._used < len(self._uniforms):
+            self.rng.bit_generator.state = self._state_before
+            if self._used:
+                self.rng.random((self._used, self.n))
+        self._uniforms = np.empty((0, self.n))
+        self._floats = []
+        self._used = 0
+        self._state_before = None
+
+
+class Row:
+    """One text being decoded: its group, which of the group's uniforms it takes, the token
+    ids drawn, how many were handed out, its stop automata's states and the characters left."""
+
+    __slots__ = ("choice", "finish", "group", "out", "remaining", "sent", "stop_states")
+
+    def __init__(self, group: Group, choice: int) -> None:
+        self.group = group
+        self.choice = choice
+        self.out: list[int] = []
+        self.sent = 0  # how many of `out` were handed out
+        # Per stop string: how many of out's last characters are a start of it.
+        self.stop_states = [0] * len(group.stops)
+        self.remaining = group.options.length
+        # "stop" or "length" once it ended
+        self.finish: str | None = None if self.remaining else "length"
+
+    @property
+    def held(self) -> int:
+        """Characters at the end of `out` that may be the start of a stop string."""
+        return max(self.stop_states, default=0)
+
+    def take(self) -> list[int]:
+        """The ids not yet handed out that are safe to show (all of them once it ended)."""
+        upto = len(self.out) if self.finish is not None else len(self.out) - self.held
+        ids = self.out[self.sent : upto]
+        self.sent = max(self.sent, upto)
+        return ids
+
+
+@dataclass
+class _Plan:
+    """How one membership of rows draws, worked out once (remade when rows join or leave)."""
+
+    greedy: np.ndarray  # positions of greedy rows
+    plain: list[tuple[Index, RowsDraw]]  # rows sharing a temperature
+    filtered: list[tuple[Index, DecodeOptions]]  # top-k / top-p rows sharing options
+    sources: list[tuple[Group, Index, np.ndarray]]  # group, its positions, their choices
+    stops: list[tuple[int, Row]]  # (position, row) of rows with stop strings
+    uniforms: np.ndarray  # float64 [rows]
+    tokens: np.ndarray  # int32 [rows]
+    remaining: np.ndarray  # int64 [rows]
+    one: OneDraw | None = None  # a lone plain row: the batch-1 draw
+
+
+class Decoder:
+    """The rows being decoded, in the order of the logits' rows."""
+
+    def __init__(self, vocab: Vocabulary) -> None:
+        self.vocab = vocab
+        self.vocab_size = len(vocab)
+        self.rows: list[Row] = []
+        self.ended: list[int] = []  # positions of the rows that ended on the last step
+        self.open = 0  # rows not ended
+        self._plan: _Plan | None = None
+
+    # ----------------------------------------------------------------- membership
+
+    def add(self, group: Group, choices: Iterable[int] | None = None) -> list[Row]:
+        """Rows for the group's choices (all n by default), after the present ones."""
+        rows = [Row(group, k) for k in (range(group.n) if choices is None else choices)]
+        self.set_rows(self.rows + rows)
+        return rows
+
+    def keep(self, index: Sequence[int]) -> None:
+        """The rows become those at `index`, in that order (the others leave)."""
+        self.set_rows([self.rows[i] for i in index])
+
+    def set_rows(self, rows: list[Row]) -> None:
+        """The rows become `rows` (the server's batch after a change of membership)."""
+        plan, self._plan = self._plan, None
+        if plan is not None:  # `step` keeps the counts as one array: back into the rows
+            for row, left in zip(self.rows, plan.remaining.tolist(), strict=True):
+                row.remaining = left
+        self.rows = rows
+        self.open = sum(row.finish is None for row in rows)
+        self._plan = None
+
+    # ----------------------------------------------------------------- the step
+
+    def step(self, logits: np.ndarray) -> np.ndarray:
+        """Draw one character for every row from its [rows, vocab] logits: int32 [rows]
+        (a row that has ended draws too, and its character is dropped). `ended` then holds
+        the positions of the rows that ended with this character."""
+        plan = self._plan = self._plan or self._make_plan()
+        u, tokens = plan.uniforms, plan.tokens
+        for group, positions, choices in plan.sources:
+            u[positions] = group.uniforms()[choices]
+        if len(plan.greedy):
+            tokens[plan.greedy] = logits[plan.greedy].argmax(1)
+        with overflow_detected():
+            for positions, draw in plan.plain:
+                tokens[positions] = draw(logits[positions], u[positions], tokens[positions])
+        for positions, o in plan.filtered:
+            tokens[positions] = draw_filtered(
+                logits[positions], u[positions], o.temperature, o.top_k, o.top_p
+            )
+        self.ended = []
+        for row, token in zip(self.rows, tokens.tolist(), strict=True):
+            if row.finish is None:
+                row.out.append(token)
+        plan.remaining -= 1
+        for position, row in plan.stops:
+            if row.finish is None and _stopped(row):
+                row.finish = "stop"
+                self.ended.append(position)
+        for position in np.flatnonzero(plan.remaining == 0).tolist():
+            row = self.rows[position]
+            if row.finish is None:
+                row.finish = "length"
+                self.ended.append(position)
+        if self.ended:
+            self.ended.sort()
+            self.open -= len(self.ended)
+        return tokens
+
+    def step_one(self, logits: np.ndarray) -> int:
+        """`step` for a lone row, the token as a Python int."""
+        plan = self._plan = self._plan or self._make_plan()
+        row = self.rows[0]
+        o = row.group.options
+        if o.greedy:
+            token = int(logits.argmax())
+        elif plan.one is not None:
+            with overflow_detected():
+                token = plan.one(logits, _uniform(row))
+        else:
+            u = np.array([_uniform(row)])
+            token = int(draw_filtered(logits, u, o.temperature, o.top_k, o.top_p)[0])
+        self.ended = []
+        if row.finish is not None:
+            return token
+        row.out.append(token)
+        row.remaining -= 1
+        plan.remaining[0] = row.remaining
+        if row.stop_states and _stopped(row):
+            row.finish = "stop"
+        elif row.remaining == 0:
+            row.finish = "length"
+        else:
+            return token
+        self.ended = [0]
+        self.open = 0
+        return token
+
+    def all_stopped(self) -> bool:
+        return all(row.finish == "stop" for row in self.rows)
+
+    def _make_plan(self) -> _Plan:
+        rows = self.rows
+        by_temperature: dict[float, list[int]] = collections.defaultdict(list)
+        by_options: dict[DecodeOptions, list[int]] = collections.defaultdict(list)
+        groups: dict[int, tuple[Group, list[int]]] = {}
+        greedy = []
+        for i, row in enumerate(rows):
+            o = row.group.options
+            if o.greedy:
+                greedy.append(i)
+                continue
+            groups.setdefault(id(row.group), (row.group, []))[1].append(i)
+            if o.plain:
+                by_temperature[o.temperature].append(i)
+            else:
+                by_options[o].append(i)
+        plain: list[tuple[Index, RowsDraw]] = [
+            (_positions(p, len(rows)), RowsDraw(len(p), self.vocab_size, t))
+            for t, p in by_temperature.items()
+        ]
+        one = None
+        if len(rows) == 1 and plain:
+            one = OneDraw(self.vocab_size, rows[0].group.options.temperature)
+        return _Plan(
+            greedy=np.array(greedy, np.int64),
+            plain=plain,
+            filtered=[(_positions(p, len(rows)), o) for o, p in by_options.items()],
+            sources=[
+                (group, _positions(p, len(rows)), np.array([rows[i].choice for i in p]))
+                for group, p in groups.values()
+            ],
+            stops=[(i, row) for i, row in enumerate(rows) if row.stop_states],
+            uniforms=np.zeros(len(rows)),
+            tokens=np.zeros(len(rows), np.int32),
+            remaining=np.array([row.remaining for row in rows], np.int64),
+            one=one,
+        )
+
+    def sync(self) -> None:
+        """Rewind every group's random stream past the uniforms drawn ahead (when decoding
+        ends, so that the caller's stream is where one draw per character leaves it)."""
+        for group in {id(row.group): row.group for row in self.rows}.values():
+            group.sync()
+
+    # ----------------------------------------------------------------- text
+
+    def flush(self) -> list[tuple[int, str]]:
+        """Each row's new text that is safe to show: (position, text) for rows that have
+        some. Characters that may be the start of a stop string are held back."""
+        out = []
+        for i, row in enumerate(self.rows):
+            if len(row.out) > row.sent:
+                ids = row.take()
+                if ids:
+                    out.append((i, self.vocab.decode(ids)))
+        return out
+
+    def text(self, row: Row) -> str:
+        return self.vocab.decode(row.out)
+
+
+def _uniform(row: Row) -> float:
+    """The row's uniform for this character, as a Python float."""
+    group = row.group
+    return group.uniform() if group.n == 1 else float(group.uniforms()[row.choice])
+
+
+def _stopped(row: Row) -> bool:
+    """Whether the row's text now ends with one of its stop strings (the first in the
+    options' order); if so, that string is taken off the text."""
+    token, states, hit = row.out[-1], row.stop_states, 0
+    for k, (table, length) in enumerate(row.group.stops):
+        states[k] = table[states[k]][token]
+        if states[k] == length and not hit:
+            hit = length
+    if hit:
+        del row.out[len(row.out) - hit :]
+        row.sent = min(row.sent, len(row.out))
+    return bool(hit)
+
+
+def _positions(positions: list[int], rows: int) -> Index:
+    """Positions as an index: a slice when they are every row (no gather, no scatter)."""
+    return slice(None) if len(positions) == rows else np.array(positions, np.int64)
