@@ -35,7 +35,12 @@ def drawer(
     group.block = block
     decoder.add(group)
     if batch == 1:
-        return lambda logits: np.array([decoder.step_one(logits)], np.int32), decoder
+
+        def one(logits: np.ndarray) -> np.ndarray:
+            with overflow_detected():
+                return np.array([decoder.step_one(logits)], np.int32)
+
+        return one, decoder
     return lambda logits: decoder.step(logits).copy(), decoder
 
 

@@ -23,21 +23,18 @@ small model's step costs only tens of microseconds); it is the same stages in th
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from toolkit.errors import UsageError
-from toolkit.runtime.sampling import (
-    OneDraw,
-    RowsDraw,
-    draw_filtered,
-    overflow_detected,
-)
+from toolkit.runtime.sampling import OneDraw, RowsDraw, draw_filtered, overflow_detected
 from toolkit.runtime.stop import stop_table
 from toolkit.vocabulary import Vocabulary
+
+__all__ = ["DecodeOptions", "Decoder", "Group", "Row", "overflow_detected"]
 
 Index = np.ndarray | slice  # positions in the batch: a slice when they are every row
 
@@ -177,16 +174,25 @@ class _Plan:
     greedy: np.ndarray  # positions of greedy rows
     plain: list[tuple[Index, RowsDraw]]  # rows sharing a temperature
     filtered: list[tuple[Index, DecodeOptions]]  # top-k / top-p rows sharing options
-    sources: list[tuple[Group, Index, np.ndarray]]  # group, its positions, their choices
+    sources: list[tuple[Group, Index, Index]]  # group, its positions, their choices
     stops: list[tuple[int, Row]]  # (position, row) of rows with stop strings
     uniforms: np.ndarray  # float64 [rows]
     tokens: np.ndarray  # int32 [rows]
-    remaining: np.ndarray  # int64 [rows]
-    one: OneDraw | None = None  # a lone plain row: the batch-1 draw
+    # Characters each row had left when the plan was made, and steps since: a row ends on
+    # length when they meet (one integer compare per step until the nearest end).
+    left: np.ndarray  # int64 [rows]
+    steps: int = 0
+    next_end: int = 0  # the fewest characters left of an open row
+    one: Callable[[np.ndarray], int] | None = None  # a lone row's draw (step_one)
 
 
 class Decoder:
-    """The rows being decoded, in the order of the logits' rows."""
+    """The rows being decoded, in the order of the logits' rows.
+
+    Call `step_one` under `overflow_detected()` (entered once around a loop: it costs as much
+    as the draw): at very low temperatures exp overflows, which the draws detect and redo.
+    `step` enters it itself.
+    """
 
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
@@ -211,12 +217,11 @@ class Decoder:
     def set_rows(self, rows: list[Row]) -> None:
         """The rows become `rows` (the server's batch after a change of membership)."""
         plan, self._plan = self._plan, None
-        if plan is not None:  # `step` keeps the counts as one array: back into the rows
-            for row, left in zip(self.rows, plan.remaining.tolist(), strict=True):
-                row.remaining = left
+        if plan is not None and plan.steps:  # `step` counts for all rows at once
+            for row, left in zip(self.rows, plan.left.tolist(), strict=True):
+                row.remaining = left - plan.steps
         self.rows = rows
         self.open = sum(row.finish is None for row in rows)
-        self._plan = None
 
     # ----------------------------------------------------------------- the step
 
@@ -237,47 +242,43 @@ class Decoder:
             tokens[positions] = draw_filtered(
                 logits[positions], u[positions], o.temperature, o.top_k, o.top_p
             )
-        self.ended = []
+        self.ended = ended = []
         for row, token in zip(self.rows, tokens.tolist(), strict=True):
             if row.finish is None:
                 row.out.append(token)
-        plan.remaining -= 1
         for position, row in plan.stops:
             if row.finish is None and _stopped(row):
                 row.finish = "stop"
-                self.ended.append(position)
-        for position in np.flatnonzero(plan.remaining == 0).tolist():
-            row = self.rows[position]
-            if row.finish is None:
-                row.finish = "length"
-                self.ended.append(position)
-        if self.ended:
-            self.ended.sort()
-            self.open -= len(self.ended)
+                ended.append(position)
+        plan.steps += 1
+        if plan.steps == plan.next_end:
+            for position in np.flatnonzero(plan.left == plan.steps).tolist():
+                row = self.rows[position]
+                if row.finish is None:
+                    row.finish = "length"
+                    ended.append(position)
+            later = plan.left[plan.left > plan.steps]
+            plan.next_end = int(later.min()) if len(later) else -1
+        if ended:
+            ended.sort()
+            self.open -= len(ended)
         return tokens
 
     def step_one(self, logits: np.ndarray) -> int:
         """`step` for a lone row, the token as a Python int."""
         plan = self._plan = self._plan or self._make_plan()
+        assert plan.one is not None
+        token = plan.one(logits)
         row = self.rows[0]
-        o = row.group.options
-        if o.greedy:
-            token = int(logits.argmax())
-        elif plan.one is not None:
-            with overflow_detected():
-                token = plan.one(logits, _uniform(row))
-        else:
-            u = np.array([_uniform(row)])
-            token = int(draw_filtered(logits, u, o.temperature, o.top_k, o.top_p)[0])
-        self.ended = []
+        if self.ended:
+            self.ended = []
         if row.finish is not None:
             return token
         row.out.append(token)
         row.remaining -= 1
-        plan.remaining[0] = row.remaining
         if row.stop_states and _stopped(row):
             row.finish = "stop"
-        elif row.remaining == 0:
+        elif not row.remaining:
             row.finish = "length"
         else:
             return token
@@ -304,27 +305,41 @@ class Decoder:
                 by_temperature[o.temperature].append(i)
             else:
                 by_options[o].append(i)
-        plain: list[tuple[Index, RowsDraw]] = [
-            (_positions(p, len(rows)), RowsDraw(len(p), self.vocab_size, t))
-            for t, p in by_temperature.items()
-        ]
-        one = None
-        if len(rows) == 1 and plain:
-            one = OneDraw(self.vocab_size, rows[0].group.options.temperature)
+        n = len(rows)
+        sources = []
+        for group, positions in groups.values():
+            choices = [rows[i].choice for i in positions]
+            every = choices == list(range(group.n))  # all of the group's rows, in order
+            sources.append((group, _positions(positions, n), slice(None) if every else choices))
+        left = np.array([row.remaining for row in rows], np.int64)
+        open_left = [row.remaining for row in rows if row.finish is None]
         return _Plan(
             greedy=np.array(greedy, np.int64),
-            plain=plain,
-            filtered=[(_positions(p, len(rows)), o) for o, p in by_options.items()],
-            sources=[
-                (group, _positions(p, len(rows)), np.array([rows[i].choice for i in p]))
-                for group, p in groups.values()
+            plain=[
+                (_positions(p, n), RowsDraw(len(p), self.vocab_size, t))
+                for t, p in by_temperature.items()
             ],
+            filtered=[(_positions(p, n), o) for o, p in by_options.items()],
+            sources=sources,  # type: ignore[arg-type]
             stops=[(i, row) for i, row in enumerate(rows) if row.stop_states],
-            uniforms=np.zeros(len(rows)),
-            tokens=np.zeros(len(rows), np.int32),
-            remaining=np.array([row.remaining for row in rows], np.int64),
-            one=one,
+            uniforms=np.zeros(n),
+            tokens=np.zeros(n, np.int32),
+            left=left,
+            next_end=min(open_left, default=-1),
+            one=self._one_draw(rows[0]) if n == 1 else None,
         )
+
+    def _one_draw(self, row: Row) -> Callable[[np.ndarray], int]:
+        """A lone row's draw from its [1, vocab] logits, with its uniform as a Python float."""
+        group, o = row.group, row.group.options
+        if o.greedy:
+            return lambda logits: int(logits.argmax())
+        uniform = group.uniform if group.n == 1 else lambda: float(group.uniforms()[row.choice])
+        if o.plain:
+            draw = OneDraw(self.vocab_size, o.temperature).draw
+            return lambda logits: draw(logits, uniform())
+        t, k, p = o.temperature, o.top_k, o.top_p
+        return lambda logits: int(draw_filtered(logits, np.array([uniform()]), t, k, p)[0])
 
     def sync(self) -> None:
         """Rewind every group's random stream past the uniforms drawn ahead (when decoding
@@ -347,12 +362,6 @@ class Decoder:
 
     def text(self, row: Row) -> str:
         return self.vocab.decode(row.out)
-
-
-def _uniform(row: Row) -> float:
-    """The row's uniform for this character, as a Python float."""
-    group = row.group
-    return group.uniform() if group.n == 1 else float(group.uniforms()[row.choice])
 
 
 def _stopped(row: Row) -> bool:

@@ -22,6 +22,7 @@ from toolkit.errors import ModelFileError, UsageError, first_line
 from toolkit.runtime.backends import RUNTIMES, open_backend
 from toolkit.runtime.decode import DecodeOptions, Decoder, Group
 from toolkit.runtime.manifest import VARIANTS, Manifest
+from toolkit.runtime.sampling import overflow_detected
 from toolkit.runtime.step import ArrayStepper, StepBackend, Stepper, make_stepper
 from toolkit.vocabulary import Vocabulary
 
@@ -125,20 +126,21 @@ class Session:
         perf_counter, next_flush = time.perf_counter, -math.inf
         self.first_char_at = None
         try:
-            for _ in range(options.length):
-                token = draw(logits)
-                # Every row met a stop string: nothing more to feed. (A row that ran to the
-                # length is fed its last character, so that the session continues from it.)
-                if not decoder.open and decoder.all_stopped():
-                    break
-                if on_text is not None:
-                    now = perf_counter()
-                    if now >= next_flush:
-                        next_flush = now + STREAM_INTERVAL_S
-                        self._hand_over(decoder, on_text)
-                elif self.first_char_at is None:
-                    self.first_char_at = perf_counter()
-                logits = advance(token)  # type: ignore[arg-type]
+            with overflow_detected():  # see Decoder
+                for _ in range(options.length):
+                    token = draw(logits)
+                    # Every row met a stop string: nothing more to feed. (A row that ran to the
+                    # length is fed its last character, so that the session continues from it.)
+                    if not decoder.open and decoder.all_stopped():
+                        break
+                    if on_text is not None:
+                        now = perf_counter()
+                        if now >= next_flush:
+                            next_flush = now + STREAM_INTERVAL_S
+                            self._hand_over(decoder, on_text)
+                    elif self.first_char_at is None:
+                        self.first_char_at = perf_counter()
+                    logits = advance(token)  # type: ignore[arg-type]
         finally:
             decoder.sync()
             self.logits = logits

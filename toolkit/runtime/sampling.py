@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -172,46 +173,52 @@ class OneDraw:
 
     def __init__(self, vocab_size: int, temperature: float) -> None:
         self.float64 = Float64Draw(1, vocab_size, temperature)
-        self._z32 = np.zeros((1, vocab_size), np.float32)
-        self._sums32 = np.zeros(vocab_size, np.float32)
-        self._view = self._sums32.data  # a memoryview: indexing gives Python floats
-        # The scale as a 0-d array: numpy converts a Python scalar operand on every call.
-        self._scale = np.array(1.0 / temperature, np.float32)
-        # exp(logits / T) as base ** logits, base = e^(1/T) rounded to float32: one numpy
-        # call instead of two. Rounding the base moves the exponent by < |logit| * 6e-8, which
-        # is within float32_margin's |logit / T| * 1.2e-7 for T <= 2; outside that range (and
-        # where the base overflows) the scale and exp are separate calls.
-        low, high = POWER_TEMPERATURES
-        self._one_call = low <= temperature <= high
-        self._base = np.array(math.exp(1.0 / temperature) if self._one_call else 1.0, np.float32)
-        self._margin = float32_margin(vocab_size)
-        self._u64 = np.zeros(1)
-        self._token = np.zeros(1, np.int32)
+        self.draw = self._bind(vocab_size, temperature)
 
     @property
     def float64_draws(self) -> int:
         return self.float64.count
 
     def __call__(self, logits: np.ndarray, u: float) -> int:
-        """The token for [1, vocab] logits and the uniform u."""
-        z32, view = self._z32, self._view
-        if self._one_call:
-            np.power(self._base, logits, z32)
-        else:
-            np.multiply(logits, self._scale, z32)
-            np.exp(z32, z32)
-        np.add.accumulate(z32[0], 0, None, self._sums32)
-        total = view[-1]
-        tiny, inf = FLOAT32_TOTALS
-        if tiny < total < inf:
-            x = u * total
-            token = bisect.bisect_left(view, x)
-            # The sums only grow, so the two around x are the nearest ones.
-            gap = self._margin * total
-            if view[token] - x > gap and (token == 0 or x - view[token - 1] > gap):
-                return token
-        self._u64[0] = u
-        return int(self.float64(logits, self._u64, self._token)[0])
+        """The token for [1, vocab] logits and the uniform u (`draw` is the same, faster)."""
+        return self.draw(logits, u)
+
+    def _bind(self, vocab_size: int, temperature: float) -> Callable[[np.ndarray, float], int]:
+        z32, sums32 = np.zeros((1, vocab_size), np.float32), np.zeros(vocab_size, np.float32)
+        row32, view32 = z32[0], sums32.data  # a memoryview: indexing gives Python floats
+        # The scale as a 0-d array: numpy converts a Python scalar operand on every call.
+        scale = np.array(1.0 / temperature, np.float32)
+        # exp(logits / T) as base ** logits, base = e^(1/T) rounded to float32: one numpy
+        # call instead of two. Rounding the base moves the exponent by < |logit| * 6e-8, which
+        # is within float32_margin's |logit / T| * 1.2e-7 for T <= 2; outside that range (and
+        # where the base overflows) the scale and exp are separate calls.
+        low, high = POWER_TEMPERATURES
+        one_call = low <= temperature <= high
+        base = np.array(math.exp(1.0 / temperature) if one_call else 1.0, np.float32)
+        float64, u64, token64 = self.float64, np.zeros(1), np.zeros(1, np.int32)
+        margin = float32_margin(vocab_size)
+        power, multiply, exp, accumulate = np.power, np.multiply, np.exp, np.add.accumulate
+        bisect_left, (tiny, inf) = bisect.bisect_left, FLOAT32_TOTALS
+
+        def draw(logits: np.ndarray, u: float) -> int:
+            if one_call:
+                power(base, logits, z32)
+            else:
+                multiply(logits, scale, z32)
+                exp(z32, z32)
+            accumulate(row32, 0, None, sums32)
+            total = view32[-1]
+            if tiny < total < inf:
+                x = u * total
+                token = bisect_left(view32, x)
+                # The sums only grow, so the two around x are the nearest ones.
+                gap = margin * total
+                if view32[token] - x > gap and (token == 0 or x - view32[token - 1] > gap):
+                    return token
+            u64[0] = u
+            return int(float64(logits, u64, token64)[0])
+
+        return draw
 
 
 class RowsDraw:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from toolkit.runtime import decode
-from toolkit.runtime.decode import DecodeOptions, Decoder, Group
+from toolkit.runtime.decode import DecodeOptions, Decoder, Group, overflow_detected
 from toolkit.runtime.step import StepBackend
 from toolkit.serve.state_token import StreamState
 from toolkit.vocabulary import Vocabulary
@@ -505,7 +505,8 @@ class Engine:
         sampling = plan.sampling
         if len(sampling) == 1:
             i = int(sampling[0])
-            tokens[i] = self.decoder.step_one(self.logits[i : i + 1])
+            with overflow_detected():  # see Decoder
+                tokens[i] = self.decoder.step_one(self.logits[i : i + 1])
         else:
             all_rows = len(sampling) == len(self.rows)
             tokens[sampling] = self.decoder.step(self.logits if all_rows else self.logits[sampling])
