@@ -109,6 +109,10 @@ def test_realistic_patterns_and_the_length_check() -> None:
     ok = long.allowed(0, 1)
     assert [chars[i] for i in np.flatnonzero(ok)] == ["x"]
     assert long.allowed(0, 0).sum() == 0
+    # Minimal: equivalent states merged (a counted repetition is one state per count).
+    assert compile_regex("(a|b)*", VOCAB).states == 1
+    assert compile_regex("[ab]{0,3}", VOCAB).states == 4
+    assert compile_regex("(ab|ac)*x", VOCAB).states == 3
     # Cached by (pattern, vocabulary): the same object, read-only.
     assert compile_regex("[a-z]{0,200}x", chars) is long
     assert not long.table.flags.writeable

@@ -215,16 +215,21 @@ def _raw_table(pattern: str, chars: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     return table, accepting, order[fsm.initial]
 
 
-def _distance(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
-    """Fewest characters from each state to acceptance (a large number where unreachable):
-    a breadth-first search backwards from the accepting states."""
-    n = table.shape[0]
+def _predecessors(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every transition's source, grouped by target: preds[starts[s]:starts[s + 1]] lead to s
+    (once per character)."""
     src, _ = np.nonzero(table >= 0)
     dst = table[table >= 0]
     order = np.argsort(dst, kind="stable")
-    preds, starts = src[order], np.searchsorted(dst[order], np.arange(n + 1))
+    return src[order], np.searchsorted(dst[order], np.arange(table.shape[0] + 1))
+
+
+def _distance(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+    """Fewest characters from each state to acceptance (a large number where unreachable):
+    a breadth-first search backwards from the accepting states."""
+    preds, starts = _predecessors(table)
     far = np.iinfo(np.int32).max
-    dist = np.full(n, far, np.int64)
+    dist = np.full(table.shape[0], far, np.int64)
     queue = deque(np.flatnonzero(accepting).tolist())
     dist[accepting] = 0
     while queue:
@@ -234,6 +239,32 @@ def _distance(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
                 dist[p] = dist[s] + 1
                 queue.append(p)
     return dist
+
+
+def _longest(table: np.ndarray) -> np.ndarray:
+    """Most characters a live state can still take (-1: unbounded, a cycle is reachable):
+    longest paths over the acyclic part, peeled from the states with no way on."""
+    preds, starts = _predecessors(table)
+    out = (table >= 0).sum(axis=1)
+    longest = np.zeros(table.shape[0], np.int64)
+    queue = deque(np.flatnonzero(out == 0).tolist())
+    while queue:
+        s = queue.popleft()
+        for p in preds[starts[s] : starts[s + 1]].tolist():
+            longest[p] = max(longest[p], longest[s] + 1)
+            out[p] -= 1
+            if out[p] == 0:
+                queue.append(p)
+    longest[out > 0] = -1
+    return longest
+
+
+def _classes(rows: np.ndarray) -> np.ndarray:
+    """A class number per row, equal rows alike (rows as one opaque key each: fast)."""
+    rows = np.ascontiguousarray(rows, np.int64)
+    keys = rows.view(np.dtype((np.void, rows.shape[1] * 8))).reshape(-1)
+    _, cls = np.unique(keys, return_inverse=True)
+    return np.asarray(cls.reshape(-1), np.int64)
 
 
 def _finish(
@@ -250,17 +281,17 @@ def _finish(
     if dist[start] == far:
         raise on_empty()
     table = np.where((table >= 0) & (dist[np.maximum(table, 0)] < far), table, -1)
-    # Equivalent states (Moore's refinement): states with different distances can never be
-    # equivalent, so (accepting, distance) is the first partition; chains converge at once.
-    _, cls = np.unique(np.stack([accepting.astype(np.int64), dist]), axis=1, return_inverse=True)
-    cls = cls.reshape(-1)
+    # Equivalent states (Moore's refinement). Equivalent states have the same shortest and
+    # longest way to acceptance, so those start the partition: counted repetitions ({m,n})
+    # are then told apart at once instead of in one round per repetition.
+    longest = _longest(table)
+    cls = _classes(np.column_stack([accepting, dist, longest]))
     count = int(cls.max()) + 1
     while True:
         if time.monotonic() > deadline:
             raise _Exceeded("time")
         succ = np.where(table >= 0, cls[np.maximum(table, 0)], -1)
-        _, new = np.unique(np.column_stack([cls, succ]), axis=0, return_inverse=True)
-        new = new.reshape(-1)
+        new = _classes(np.column_stack([cls, succ]))
         if int(new.max()) + 1 == count:
             break
         cls, count = new, int(new.max()) + 1
