@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import COMMITTED_MODEL
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from toolkit.runtime import load
 from toolkit.runtime.backends.c import CBackend
@@ -64,6 +66,44 @@ def test_host_text_fully_matches_and_greedy_is_the_runtimes(gen) -> None:  # typ
     # Exactly the length: a match that must use every character left.
     exact = compile_regex("[a-z]{7}", gen.chars)
     assert len(c.decode_native(ids, 7, 0.9, 0, 5, exact)) == 7
+
+
+ATOMS = ["a", "e", "t", " ", r"\n", ".", "[A-Z]", "[^a-z]", "[aeiou]", "(?:)", "Q"]
+regexes = st.recursive(
+    st.sampled_from(ATOMS),
+    lambda inner: st.one_of(
+        st.lists(inner, min_size=2, max_size=3).map("".join),
+        st.lists(inner, min_size=2, max_size=3).map("|".join).map(lambda s: f"(?:{s})"),
+        st.tuples(inner, st.sampled_from(["?", "*", "+", "{2}", "{0,3}", "{1,4}", "{2,}"])).map(
+            lambda t: f"(?:{t[0]}){t[1]}"
+        ),
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    regex=regexes,
+    length=st.integers(1, 30),
+    temperature=st.sampled_from([0.0, 0.5, 0.8, 1.3]),
+    top_k=st.sampled_from([0, 1, 5]),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_random_patterns_and_options_always_give_a_full_match_in_the_length(
+    gen, regex: str, length: int, temperature: float, top_k: int, seed: int
+) -> None:  # type: ignore[no-untyped-def]
+    try:
+        p = compile_regex(regex, gen.chars)
+    except PatternError:
+        return
+    ids = gen.encode(PROMPT, "error")
+    if p.distance[0] > length:
+        with pytest.raises(PatternError, match="more than the length"):
+            backend(gen).decode_native(ids, length, temperature, top_k, seed, p)
+        return
+    text = gen.decode(backend(gen).decode_native(ids, length, temperature, top_k, seed, p))
+    assert len(text) <= length and re.fullmatch(regex, text), (regex, text)
 
 
 def _chi_square_ok(counts: np.ndarray, probs: np.ndarray) -> float:
