@@ -257,3 +257,48 @@ def test_wasm_decodes_the_hosts_tokens(gen, tmp_path: Path) -> None:  # type: ig
     assert got == want
     for (regex, *_), tokens in zip(CASES, got, strict=False):
         assert re.fullmatch(regex, gen.decode(tokens))
+
+
+@pytest.mark.parametrize(
+    "cc,flags",
+    [
+        ("gcc", ["-O2", "-pedantic"]),
+        ("clang", ["-O2", "-pedantic"]),
+        ("arm-none-eabi-gcc", ["-O2", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft"]),
+        ("arm-none-eabi-gcc", ["-O2", "-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"]),
+        ("clang", ["-O2", "--target=wasm32", "-msimd128", "-ffreestanding", "-nostdlib"]),
+    ],
+)
+def test_the_decoder_and_a_pattern_compile_cleanly_without_floats(
+    gen, tmp_path: Path, cc: str, flags: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from toolkit.runtime.backends.c import HEADER, read_c_files
+    from toolkit.runtime.backends.c_decode import decoder_sources
+    from toolkit.runtime.manifest import Manifest
+
+    if shutil.which(cc) is None:
+        pytest.skip(f"no {cc}")
+    files = {
+        HEADER: read_c_files(COMMITTED_MODEL, Manifest.read(COMMITTED_MODEL))[HEADER],
+        **decoder_sources(),
+        **pattern_sources(compile_regex(NAMES, gen.chars), len(gen.chars)),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    code = re.sub(r"/\*.*?\*/", "", files["char_lstm_decode.c"].decode(), flags=re.S)
+    assert not re.search(r"\b(float|double)\b", code) and "malloc" not in code
+    for source in ("char_lstm_decode.c", "char_lstm_pattern.c"):
+        obj = source.replace(".c", ".o")
+        cmd = [cc, "-std=c99", "-Wall", "-Wextra", "-Werror", *flags, "-c", source, "-o", obj]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        if cc.startswith("arm"):  # integer code: libgcc's 64-bit helpers, no soft-float
+            nm = subprocess.run(["arm-none-eabi-nm", "-u", obj], cwd=tmp_path,
+                                capture_output=True, text=True, check=True)  # fmt: skip
+            assert set(nm.stdout.split()) - {"U"} <= {
+                "memset",
+                "__aeabi_lmul",
+                "__aeabi_uldivmod",
+                "__aeabi_ldivmod",
+                "char_lstm_step",
+            }, nm.stdout

@@ -50,12 +50,13 @@ static uint32_t beta_q16(int32_t temperature_milli) {
     const uint64_t q = lm * 1000u / (uint64_t)temperature_milli; /* beta = q * 2^(SHIFT - 29) */
     const int32_t shift = CHAR_LSTM_LOGITS_SCALE_SHIFT - 29;
     const uint64_t cap = 1u << 24;
-    uint64_t beta;
+    uint64_t beta = q;
+    /* Shifts by a loop: the count is a constant of either sign, and runs once per init. */
     if (shift >= 0) {
-        beta = shift > 24 || q > (cap >> shift) ? cap : q << shift;
+        for (int32_t i = 0; i < shift && beta < cap; i++) beta <<= 1;
     } else {
-        const int32_t r = -shift;
-        beta = r >= 64 ? 0u : (q >> r) + ((q >> (r - 1)) & 1u);
+        for (int32_t i = 1; i < -shift && beta; i++) beta >>= 1;
+        beta = (beta >> 1) + (beta & 1u); /* the last bit rounds */
     }
     return (uint32_t)(beta < cap ? beta : cap);
 }
