@@ -65,9 +65,7 @@ def firmware(
     )  # fmt: skip
     typer.echo(info.summary(), err=True)
     if not run:
-        typer.echo(
-            f"run it with: toolkit firmware {model_dir} --board {board} --out {out} --run", err=True
-        )
+        typer.echo("run it: the same command with --run", err=True)
         return
     elf = Path(info.elf)
     result = run_firmware(elf, board, timeout)

@@ -4,7 +4,9 @@ machine into a shared library and called through ctypes.
 The library is compiled once per source and cached by the hash of the sources, the flags
 and the compiler (under `toolkit.files.cache_dir()`, or $TOOLKIT_C_CACHE), so only the first
 load of a model pays for the compiler. A small shim is compiled with it: bulk entry points
-(a whole teacher-forced run, a batch of rows) and the state struct's layout.
+(a whole teacher-forced run, a batch of rows) and the state struct's layout. So is the C
+decoder (char_lstm_decode.c, see c_decode.py): `CBackend.decode_native` lets it choose the
+characters too, as the firmware and the wasm module do.
 
 The step keeps the runtime's contract, float state in and out: h and c are quantized into
 the C state struct with the model's h/c input quantization, and the state the C carried into
