@@ -156,3 +156,17 @@ def test_state_and_time_bounds() -> None:
         compile_regex("[ab]{0,100}", VOCAB, max_states=50)
     with pytest.raises(PatternError, match=r"took more than 0\.001 s to compile"):
         compile_regex("(a|b)*a(a|b){12}", VOCAB, timeout_s=0.001)
+
+
+def test_a_timeout_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy moment's timeout is not cached: the same pattern compiles once time allows."""
+    from types import SimpleNamespace
+
+    from toolkit.runtime import pattern as module
+
+    late = iter([0.0])  # the deadline is set at 0 s, every later look at the clock is at 1e9 s
+    monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: next(late, 1e9)))
+    with pytest.raises(PatternError, match="took more than 5 s to compile"):
+        compile_regex("[ab]{2,4}x", VOCAB)
+    monkeypatch.undo()
+    assert compile_regex("[ab]{2,4}x", VOCAB).states == 6

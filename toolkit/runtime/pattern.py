@@ -39,6 +39,10 @@ class PatternError(UsageError):
     or longer than the length allowed. The message is one line."""
 
 
+class PatternTimeout(PatternError):
+    """Compiling took longer than allowed: not cached, as a less busy moment may manage."""
+
+
 @dataclass(frozen=True, eq=False)
 class Pattern:
     source: str  # the regex, or a description of the choice list
@@ -336,6 +340,8 @@ def _cached(key: tuple[Any, ...], build: Callable[[], Pattern]) -> Pattern:
     if hit is None:
         try:
             hit = build()
+        except PatternTimeout:
+            raise
         except PatternError as exc:
             hit = exc  # a bad pattern sent again is refused without compiling it again
         with _cache_lock:
@@ -359,7 +365,7 @@ def _bounded(
             raise PatternError(
                 f"pattern {_shown(source)} needs more than {max_states:,} states; simplify it"
             ) from None
-        raise PatternError(
+        raise PatternTimeout(
             f"pattern {_shown(source)} took more than {timeout_s:g} s to compile; simplify it"
         ) from None
     except RecursionError:
