@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from toolkit.errors import FirmwareError, UsageError
-from toolkit.export.c.emit import matvec_source
+from toolkit.export.c.emit import matvec_harness_source, matvec_source
 from toolkit.firmware.boards import KB, Board, Part, board, choose_part
 from toolkit.runtime.backends.c import (
     HEADER,
@@ -387,6 +387,7 @@ def build_matvec_test(board_name: str, out_dir: Path) -> Path:
     out_dir = Path(out_dir).resolve()  # gcc runs in out_dir: relative paths would nest
     prepare_out_dir(out_dir)
     (out_dir / "matvec_s8.c").write_text(matvec_source())
+    (out_dir / "matvec_harness.h").write_text(matvec_harness_source())
     (out_dir / "link.ld").write_text(linker_script(b.parts[-1], MIN_STACK))
     elf = out_dir / "matvec_test.elf"
     cmd = [

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from toolkit.errors import ModelFileError, ToolkitError, WebError
-from toolkit.export.c.emit import matvec_source
+from toolkit.export.c.emit import matvec_harness_source, matvec_source
 from toolkit.runtime.backends.c import HEADER, SOURCE, CharLSTMLibrary, build, read_c_files
 from toolkit.runtime.backends.c_decode import decoder_sources
 from toolkit.runtime.manifest import Manifest
@@ -98,6 +98,7 @@ def build_matvec_check() -> Path:
     sources = {
         "matvec_check.c": (GLUE_DIR / "matvec_check.c").read_bytes(),
         "matvec_s8.c": matvec_source().encode(),
+        "matvec_harness.h": matvec_harness_source().encode(),
     }
     return _build(sources, WASM_CFLAGS, "matvec_check.c to wasm", only=["matvec_check.c"])
 
