@@ -9,6 +9,12 @@ Everything comes from one run: the firmware is built and run for each board and 
 product; the host runtimes step the same text in interleaved rounds; the three pages (C, and
 onnxruntime-web fp32 and int8) are warmed up with 3,000 steps each (V8 tiers wasm up) and then
 timed in interleaved rounds. Medians of the rounds. Writes benchmarks/reports/c_target.{json,md}.
+
+    python benchmarks/c_target.py --sections decode   # one part again, the rest kept
+
+`decode`: the C decoder (char_lstm_decode.c) on the emulated Cortex-M4, built without it
+(argmax), with it and no pattern, and with realistic patterns, greedy and sampled, in one run;
+and the pattern compiler's time and table size for those patterns.
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ from toolkit.firmware.boards import BOARDS
 from toolkit.firmware.build import SIZE, build_firmware, build_matvec_test
 from toolkit.firmware.qemu import run_firmware
 from toolkit.runtime import load
+from toolkit.runtime import pattern as pattern_module
 from toolkit.runtime.backends.c import HEADER, SOURCE, CharLSTMLibrary, header_int, read_c_files
+from toolkit.runtime.backends.c_decode import c_tables
 from toolkit.runtime.manifest import Manifest
+from toolkit.runtime.pattern import compile_choice, compile_regex
 from toolkit.runtime.step import make_stepper
 from toolkit.web.site import ORT_FILES, PAGE_FILES, SiteServer, build_site
 
@@ -60,6 +69,25 @@ HOST = [  # (label, runtime, variant)
 # runtime just fits in 16 KB on an Arm Cortex M3"; the kernels of a model's ops come on top.
 TFLM_CORE_CODE_BYTES = 16 * 1024
 WARMUP_STEPS = 3000
+SECTIONS = ("firmware", "host", "browser", "decode")
+# Realistic patterns: (label, regex or choices)
+PATTERNS: list[tuple[str, str | list[str]]] = [
+    ("five names, one a line", r"([A-Z][a-z]{2,9}\n){5}"),
+    ("a choice of 10 speakers", ["ROMEO", "JULIET", "MERCUTIO", "TYBALT", "BENVOLIO", "NURSE",
+                                 "CAPULET", "MONTAGUE", "PARIS", "FRIAR LAURENCE"]),
+    ("a five-line acrostic (ROMEO)", "".join(f"{c}[^\n]{{0,40}}\n" for c in "ROMEO")),
+    ("a line of at most 40 characters", r"[^\n]{0,40}\n"),
+    ("[a-z]{0,200}x", "[a-z]{0,200}x"),
+]  # fmt: skip
+# Firmware builds compared: (label, pattern label or None, temperature, top-k, decoder)
+DECODE_BUILDS: list[tuple[str, str | None, float, int, bool]] = [
+    ("argmax, no decoder (the default firmware)", None, 0.0, 0, False),
+    ("decoder, no pattern, T 0.8", None, 0.8, 0, True),
+    ("decoder, no pattern, T 0.8, top-k 10", None, 0.8, 10, True),
+    ("decoder, acrostic, greedy", "a five-line acrostic (ROMEO)", 0.0, 0, True),
+    ("decoder, acrostic, T 0.8", "a five-line acrostic (ROMEO)", 0.8, 0, True),
+    ("decoder, [a-z]{0,200}x, T 0.8", "[a-z]{0,200}x", 0.8, 0, True),
+]
 
 
 def macs_per_step(m: Any) -> int:
@@ -304,6 +332,90 @@ def browser(model: Path, tmp: Path, steps: int, rounds: int) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- decoding
+
+
+def compile_pattern(spec: str | list[str], chars: tuple[str, ...]) -> Any:
+    if isinstance(spec, str):
+        return compile_regex(spec, chars)
+    return compile_choice(spec, chars)
+
+
+def decode(model: Path, tmp: Path, length: int, rounds: int) -> dict[str, Any]:
+    manifest = Manifest.read(model)
+    chars = manifest.vocabulary.chars
+    gen = load(model, runtime="c")
+    ids = gen.encode(PROMPT)
+    patterns = []
+    for label, spec in PATTERNS:
+        times = []
+        for _ in range(rounds):
+            pattern_module._cache.clear()  # time the compile, not the cache
+            t0 = time.perf_counter()
+            p = compile_pattern(spec, chars)
+            times.append(time.perf_counter() - t0)
+        nxt, accepting, distance = c_tables(p, len(chars))
+        patterns.append(
+            {
+                "label": label,
+                "pattern": spec if isinstance(spec, str) else None,
+                "choices": spec if isinstance(spec, list) else None,
+                "states": p.states,
+                "shortest": int(p.distance[0]),
+                "compile_ms_median": statistics.median(times) * 1e3,
+                "c_table_bytes": nxt.nbytes + accepting.nbytes + distance.nbytes,
+                "python_table_bytes": p.table.nbytes + p.accepting.nbytes + p.distance.nbytes,
+            }
+        )
+        print(f"pattern {label}: {p.states} states, {patterns[-1]['compile_ms_median']:.1f} ms",
+              file=sys.stderr)  # fmt: skip
+    specs = dict(PATTERNS)
+    builds = []
+    for label, which, temperature, top_k, decoder in DECODE_BUILDS:
+        regex = specs[which] if which else None
+        assert regex is None or isinstance(regex, str)
+        out = tmp / f"decode-{len(builds)}"
+        info = build_firmware(
+            model, "mps2-an386", out, PROMPT, length, regex=regex, temperature=temperature,
+            top_k=top_k, seed=1,
+        )  # fmt: skip
+        result = run_firmware(Path(info.elf), "mps2-an386", timeout_s=600)
+        assert result.exit_code == 0 and result.instructions_per_char, result.stderr[-500:]
+        if decoder:
+            p = compile_regex(regex, chars) if regex else None
+            host = gen.decode(gen.backend.decode_native(ids, length, temperature, top_k, 1, p))
+            assert result.text == host, label
+            assert p is None or re.fullmatch(regex or "", result.text), label
+        builds.append(
+            {
+                "label": label,
+                "pattern": which,
+                "temperature": temperature,
+                "top_k": top_k,
+                "characters": result.generated,
+                "instructions_per_char": result.instructions_per_char,
+                "choose_instructions_per_char": result.choose_instructions_per_char,
+                "firmware_flash_bytes": info.flash_bytes,
+                "firmware_ram_bytes": info.ram_bytes,
+                "pattern_states": info.pattern_states,
+                "text_equals_host_decode": decoder,
+            }
+        )
+        print(f"decode {label}: {result.instructions_per_char:,.0f} instructions/char",
+              file=sys.stderr)  # fmt: skip
+    return {
+        "command": "python benchmarks/c_target.py " + " ".join(sys.argv[1:]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "board": "mps2-an386",
+        "prompt": PROMPT,
+        "length": length,
+        "seed": 1,
+        "compile_rounds": rounds,
+        "patterns": patterns,
+        "builds": builds,
+    }
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -314,17 +426,43 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--length", type=int, default=100, help="characters on each board")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="which parts to run; the rest are kept"
+    )
     args = parser.parse_args()
+    sections = [x for x in args.sections.split(",") if x]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     model = args.model
     manifest = Manifest.read(model)
     section = dict(manifest.artifacts[SOURCE].extra["c"])
     micro = dict(manifest.artifacts["model.full-int8.tflite"].extra["micro"])
+    header = (model / HEADER).read_bytes()
+    if set(sections) != set(SECTIONS):  # the other parts come from the last full run
+        report = json.loads(args.out.with_suffix(".json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in sections:
+                if name == "decode":
+                    report["decode"] = decode(model, Path(tmp), args.length, args.rounds)
+                elif name == "host":
+                    report["host"] = host(model, args.steps, args.rounds)
+                elif name == "browser":
+                    report["browser"] = browser(model, Path(tmp), args.steps, args.rounds)
+                else:
+                    expected = load(model, runtime="c").generate(
+                        PROMPT, length=args.length, temperature=0
+                    )
+                    report["firmware"] = firmware(model, Path(tmp), args.length, expected.texts[0])
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.out.with_suffix(".md"), markdown(report))
+        print(markdown(report))
+        return
     expected = load(model, runtime="c").generate(PROMPT, length=args.length, temperature=0)
     assert (
         expected.texts[0]
         == load(model, runtime="tflm").generate(PROMPT, length=args.length, temperature=0).texts[0]
     )
-    header = (model / HEADER).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         report = {
             "command": "python benchmarks/c_target.py " + " ".join(sys.argv[1:]),
@@ -349,6 +487,7 @@ def main() -> None:
             "firmware": firmware(model, Path(tmp), args.length, expected.texts[0]),
             "host": host(model, args.steps, args.rounds),
             "browser": browser(model, Path(tmp), args.steps, args.rounds),
+            "decode": decode(model, Path(tmp), args.length, args.rounds),
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
@@ -491,6 +630,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"whole C module, weights included ({b['wasm']:,} B), is "
         f"{100 * b['wasm'] / b['ort_files']:.1f}% of onnxruntime-web's files alone.",
         "",
+        *decode_markdown(r.get("decode")),
         "## Targets",
         "",
         f"- RAM besides the weights ≤ 4 KB for 1 × 512: {c_ram:,} B (state + worst-case stack)"
@@ -504,6 +644,52 @@ def markdown(r: dict[str, Any]) -> str:
         f"{100 * b['c_engine_over_ort']:.2f}% — {'met' if b['c_engine_over_ort'] <= 0.05 else 'NOT met'}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def decode_markdown(d: dict[str, Any] | None) -> list[str]:
+    if not d:
+        return []
+    base = d["builds"][0]["instructions_per_char"]
+    lines = [
+        "## Constrained decoding in the C (`char_lstm_decode.c`)",
+        "",
+        f"`{d['command']}` on {d['date'][:10]}. {d['board']} (Cortex-M4, DSP path) in "
+        f"`qemu-system-arm -icount shift=0`, up to {d['length']} characters after "
+        f"`{d['prompt']}`, seed {d['seed']}; one character = choosing it + one step. Every "
+        "build with the decoder wrote exactly the text of the host's `decode_native` for the "
+        "same options and seed, and every pattern's text matched it in full.",
+        "",
+        "| firmware | characters | instructions / char | of which choosing | ÷ argmax build "
+        "| flash | RAM (.data + .bss) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in d["builds"]:
+        choose = b["choose_instructions_per_char"]
+        lines.append(
+            f"| {b['label']} | {b['characters']} | {b['instructions_per_char']:,.0f} | "
+            f"{'–' if choose is None else f'{choose:,.0f}'} | "
+            f"{b['instructions_per_char'] / base:.4f} | {b['firmware_flash_bytes']:,} | "
+            f"{b['firmware_ram_bytes']:,} |"
+        )
+    lines += [
+        "",
+        "The pattern compiler (`toolkit.runtime.pattern`: interegular's automaton mapped onto "
+        "the model's characters, pruned, minimised), median of "
+        f"{d['compile_rounds']} compiles with the cache cleared; the C table is int16 next "
+        "states [states][vocab] + int16 distances + uint8 accepting flags, in flash.",
+        "",
+        "| pattern | states | shortest match | compile ms | C table bytes |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for p in d["patterns"]:
+        shown = p["pattern"] if p["pattern"] is not None else " | ".join(p["choices"][:3]) + " …"
+        shown = shown.replace("|", "\\|").replace("\n", "\\n")
+        lines.append(
+            f"| {p['label']}: `{shown}` | {p['states']:,} | {p['shortest']} | "
+            f"{p['compile_ms_median']:,.1f} | {p['c_table_bytes']:,} |"
+        )
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

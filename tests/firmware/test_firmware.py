@@ -142,3 +142,47 @@ def test_cli_runs_it_and_prints_text_and_instructions(tiny_export: Path, tmp_pat
     assert "instructions per character" in proc.stderr and "MHz" in proc.stderr
     assert Manifest.read(tiny_export).has("c", "full-int8")
     shutil.rmtree(tmp_path / "fw")
+
+
+def test_a_pattern_built_in_writes_the_hosts_native_c_text(tmp_path: Path) -> None:
+    """--regex with the integer sampler: the firmware's text fully matches and is the host's
+    char_lstm_decode text for the same options and seed; the decoder's share of a character
+    is small beside the step."""
+    import re
+
+    from toolkit.runtime.pattern import compile_regex
+
+    regex = r"\n(ROMEO|JULIET|[A-Z][a-z]{2,8}):\n[A-Z][a-z ,']{5,30}[.!?]"
+    info = build_firmware(
+        COMMITTED_MODEL, "mps2-an386", tmp_path / "fw", PROMPT, 48,
+        regex=regex, temperature=0.8, top_k=10, seed=3,
+    )  # fmt: skip
+    assert info.pattern == regex and 0 < info.pattern_states <= info.pattern_bytes // 100
+    result = run_firmware(Path(info.elf), "mps2-an386", timeout_s=120)
+    assert result.exit_code == 0, result.stderr
+    assert re.fullmatch(regex, result.text), result.text
+    gen = load(COMMITTED_MODEL, runtime="c")
+    p = compile_regex(regex, gen.chars)
+    host = gen.backend.decode_native(gen.encode(PROMPT), 48, 0.8, 10, 3, p)  # type: ignore[attr-defined]
+    assert result.text == gen.decode(host) and result.generated == len(host)
+    assert result.choose_instructions_per_char is not None
+    assert result.choose_instructions_per_char < 0.01 * result.instructions_per_char  # type: ignore[operator]
+
+
+def test_impossible_patterns_are_refused_before_building(tmp_path: Path) -> None:
+    for args, message in [
+        (["--regex", "[a-z]{300}", "--length", "200"],
+         "error: pattern '[a-z]{300}' needs at least 300 characters, more than the length 200"),
+        (["--regex", "a(?=b)"],
+         "error: unsupported syntax in pattern 'a(?=b)': lookahead/lookbehind"),
+        (["--choice", "Ω"], "error: no choice can be written with the model's characters "
+         "(missing: 'Ω')"),
+    ]:  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "toolkit", "firmware", str(COMMITTED_MODEL), "--out",
+             str(tmp_path / "fw"), *args],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [message]
+        assert not (tmp_path / "fw").exists()

@@ -32,8 +32,22 @@ def firmware(
     ] = False,
     run: Annotated[bool, typer.Option(help="run it in qemu-system-arm")] = False,
     prompt: Annotated[str, typer.Option(help="text that warms up the state")] = "ROMEO:",
-    length: Annotated[int, typer.Option(help="greedy characters to generate")] = 200,
+    length: Annotated[
+        int, typer.Option(help="characters to generate (at most, with a pattern)")
+    ] = 200,
     timeout: Annotated[float, typer.Option(help="seconds qemu may run")] = 300.0,
+    regex: Annotated[
+        str | None, typer.Option(help="build in this pattern: the text matches it in full")
+    ] = None,
+    choice_: Annotated[
+        list[str] | None,
+        typer.Option("--choice", help="build in a choice: the text is one of these strings"),
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option(help="0 = greedy; > 0: the C decoder's integer sampler")
+    ] = 0.0,
+    top_k: Annotated[int, typer.Option(help="keep the k most likely (0 = all)")] = 0,
+    seed: Annotated[int, typer.Option(help="the sampler's PCG32 seed")] = 0,
 ) -> None:
     """Build bare-metal Cortex-M firmware around char_lstm.c; --run runs it in QEMU."""
     from toolkit.firmware.build import build_firmware
@@ -46,13 +60,12 @@ def firmware(
         raise UsageError(f"timeout must be > 0, got {timeout:g}")
     model_dir = model if model is not None else default_model_dir("c")
     info = build_firmware(
-        model_dir, board, out, prompt, length, part=part, portable_matvec=portable
-    )
+        model_dir, board, out, prompt, length, part=part, portable_matvec=portable,
+        regex=regex, choices=choice_ or None, temperature=temperature, top_k=top_k, seed=seed,
+    )  # fmt: skip
     typer.echo(info.summary(), err=True)
     if not run:
-        typer.echo(
-            f"run it with: toolkit firmware {model_dir} --board {board} --out {out} --run", err=True
-        )
+        typer.echo("run it: the same command with --run", err=True)
         return
     elf = Path(info.elf)
     result = run_firmware(elf, board, timeout)
@@ -64,6 +77,11 @@ def firmware(
         typer.echo(
             f"{result.instructions_per_char:,.0f} instructions per character ({result.steps} "
             f"steps counted by qemu -icount): {result.instructions_per_char / clock * 1e3:.1f} ms "
-            f"per character at {clock / 1e6:.0f} MHz and one instruction per cycle",
+            f"per character at {clock / 1e6:.0f} MHz and one instruction per cycle"
+            + (
+                f" ({result.choose_instructions_per_char:,.0f} of them choosing the character)"
+                if result.choose_instructions_per_char is not None
+                else ""
+            ),
             err=True,
         )

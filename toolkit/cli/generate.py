@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from toolkit.cli.common import choice
+from toolkit.errors import UsageError
 from toolkit.runtime.backends import RUNTIMES
 from toolkit.runtime.decode import DecodeOptions
 from toolkit.runtime.generator import UNKNOWN_CHOICES, load
@@ -49,8 +50,28 @@ def generate(
     ] = "error",
     threads: Annotated[int, typer.Option(help="runtime threads")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON with timings")] = False,
+    native_sampler: Annotated[
+        bool,
+        typer.Option(
+            help="--runtime c: choose characters in the C decoder too (integer sampler, "
+            "PCG32): the firmware's and the wasm's text for the same options and seed"
+        ),
+    ] = False,
+    regex: Annotated[
+        str | None, typer.Option(help="the text must match this regex in full")
+    ] = None,
+    choice_: Annotated[
+        list[str] | None,
+        typer.Option("--choice", help="the text is one of these strings (repeat the option)"),
+    ] = None,
 ) -> None:
     """Generate text, streaming characters as they are produced."""
+    if native_sampler:
+        native(model, runtime, prompt, length, temperature, top_k, top_p, seed, num_samples,
+               stop, unknown, as_json, regex, choice_ or [])  # fmt: skip
+        return
+    if regex is not None or choice_:
+        raise UsageError("--regex and --choice need --native-sampler (with --runtime c)")
     # Bad options and prompts are refused before the prompt is echoed: stdout gets text or
     # nothing.
     stops = (stop,) if stop else ()
@@ -76,3 +97,49 @@ def generate(
     else:
         for i, text in enumerate(result.texts):
             typer.echo(f"--- sample {i + 1} ---\n{prompt}{text}")
+
+
+def native(
+    model: Path | None,
+    runtime: str,
+    prompt: str,
+    length: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    num_samples: int,
+    stop: str | None,
+    unknown: str,
+    as_json: bool,
+    regex: str | None,
+    choices: list[str],
+) -> None:
+    """--native-sampler: the C decoder (char_lstm_decode.c) picks every character."""
+    import random
+
+    from toolkit.runtime.backends.c import CBackend
+    from toolkit.runtime.pattern import compile_choice, compile_regex
+
+    if runtime != "c":
+        raise UsageError("--native-sampler needs --runtime c")
+    if top_p != 1.0 or num_samples != 1 or stop is not None or as_json:
+        raise UsageError("--native-sampler takes --temperature, --top-k and --seed, not "
+                         "--top-p, --num-samples, --stop or --json")  # fmt: skip
+    if regex is not None and choices:
+        raise UsageError("give --regex or --choice, not both")
+    if length < 0:
+        raise UsageError(f"length must be >= 0, got {length}")
+    generator = load(model, runtime="c")
+    assert isinstance(generator.backend, CBackend)
+    ids = generator.encode(prompt or generator.start_text, unknown)
+    pattern = None
+    if regex is not None:
+        pattern = compile_regex(regex, generator.chars)
+    elif choices:
+        pattern = compile_choice(choices, generator.chars)
+    if seed is None:
+        seed = random.getrandbits(63)
+    tokens = generator.backend.decode_native(ids, length, temperature, top_k, seed, pattern)
+    sys.stdout.write(prompt + generator.decode(tokens) + "\n")
+    sys.stdout.flush()

@@ -22,10 +22,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from toolkit.errors import FirmwareError, UsageError
-from toolkit.export.c.emit import matvec_source
+from toolkit.export.c.emit import matvec_harness_source, matvec_source
 from toolkit.firmware.boards import KB, Board, Part, board, choose_part
-from toolkit.runtime.backends.c import HEADER, SOURCE, c_cache, compiler_id, locked, read_c_files
+from toolkit.runtime.backends.c import (
+    HEADER,
+    SOURCE,
+    c_cache,
+    compiler_id,
+    first_error,
+    locked,
+    read_c_files,
+)
+from toolkit.runtime.backends.c_decode import (
+    PATTERN_NAME,
+    decoder_sources,
+    pattern_sources,
+    temperature_milli,
+)
 from toolkit.runtime.manifest import Manifest
+from toolkit.runtime.pattern import Pattern, compile_choice, compile_regex
 
 SRC = Path(__file__).resolve().parent / "src"
 GCC = "arm-none-eabi-gcc"
@@ -69,6 +84,13 @@ class FirmwareInfo:
     prompt_tokens: list[int]
     length: int
     sections: dict[str, int] = field(default_factory=dict)
+    # The C decoder (char_lstm_decode.c), built in for a pattern or a temperature > 0.
+    pattern: str | None = None  # the regex, or the choice list's description
+    pattern_states: int = 0
+    pattern_bytes: int = 0  # the table's const data
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
 
     def summary(self) -> str:
         return (
@@ -92,16 +114,8 @@ def c_literal(tokens: list[int]) -> str:
 def _run(cmd: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise FirmwareError(f"{what} failed: {_first_error(proc.stderr)}")
+        raise FirmwareError(f"{what} failed: {first_error(proc.stderr)}")
     return proc
-
-
-def _first_error(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for line in lines:
-        if "error" in line.lower():
-            return line
-    return lines[-1] if lines else "no output"
 
 
 def object_sizes(size_tool: str, obj: Path) -> tuple[int, int, int]:
@@ -221,15 +235,38 @@ def build_firmware(
     part: str | None = None,
     portable_matvec: bool = False,
     cpu: str | None = None,
+    regex: str | None = None,
+    choices: list[str] | None = None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
 ) -> FirmwareInfo:
     """Compile and link the firmware for `board_name` into out_dir/firmware.elf, with
-    firmware.json beside it (part, flash, RAM, stack)."""
+    firmware.json beside it (part, flash, RAM, stack). With a regex or choices, or a
+    temperature > 0, the C decoder chooses the characters (char_lstm_decode.c: the pattern
+    rule, the integer sampler, PCG32 seeded with `seed`): the text of
+    CBackend.decode_native for the same options."""
     b = board(board_name)
     if length < 1:
         raise UsageError(f"length must be >= 1, got {length}")
+    if regex is not None and choices:
+        raise UsageError("give a regex or choices, not both")
+    if top_k < 0:
+        raise UsageError(f"top-k must be >= 0 (0 means no limit), got {top_k}")
+    if not 0 <= seed < 2**64:
+        raise UsageError(f"seed must be in 0..2^64-1, got {seed}")
+    milli = temperature_milli(temperature)
     manifest = Manifest.read(Path(model_dir))
     files = read_c_files(Path(model_dir), manifest)
     vocab = manifest.vocabulary
+    pattern: Pattern | None = None
+    if regex is not None:
+        pattern = compile_regex(regex, vocab.chars)
+    elif choices:
+        pattern = compile_choice(choices, vocab.chars)
+    if pattern is not None:
+        pattern.check_length(length)
+    decode = pattern is not None or milli > 0
     text = prompt or vocab.start_text
     unknown = vocab.unknown(text)
     if unknown:
@@ -242,6 +279,13 @@ def build_firmware(
     prepare_out_dir(out_dir)
     for name, data in files.items():
         (out_dir / name).write_bytes(data)
+    extra: dict[str, bytes] = {}  # the decoder's sources, compiled beside main.c
+    if decode:
+        extra.update(decoder_sources())
+    if pattern is not None:
+        extra.update(pattern_sources(pattern, len(vocab.chars)))
+    for name, data in extra.items():
+        (out_dir / name).write_bytes(data)
     config = (
         "/* Written by `toolkit firmware`: the prompt and length of this build. */\n"
         f"#define FW_PROMPT_TOKENS {c_literal(tokens)}\n"
@@ -249,6 +293,17 @@ def build_firmware(
         f"#define FW_LENGTH {int(length)}u\n"
         f"#define FW_CALIB_LOOPS {CALIB_LOOPS}u\n"
     )
+    if decode:
+        config += (
+            "#define FW_DECODE 1\n"
+            f"#define FW_TEMPERATURE_MILLI {milli}\n"
+            f"#define FW_TOP_K {int(top_k)}\n"
+            f"#define FW_SEED {int(seed)}ull\n"
+        )
+        if pattern is not None:
+            config += f'#include "{PATTERN_NAME}.h"\n#define FW_PATTERN (&{PATTERN_NAME}_table)\n'
+        else:
+            config += "#define FW_PATTERN ((const char_lstm_pattern *)0)\n"
     (out_dir / "firmware_config.h").write_text(config)
     cflags = [
         f"-mcpu={cpu or b.cpu}",
@@ -259,14 +314,11 @@ def build_firmware(
         *(["-DCHAR_LSTM_PORTABLE_MATVEC"] if portable_matvec else []),
     ]
     objs = {"char_lstm": model_object(gcc, cflags, files, out_dir)}
-    for name in ("startup", "main"):
-        obj = out_dir / f"{name}.o"
-        _run(
-            [gcc, *cflags, "-c", str(SRC / f"{name}.c"), "-o", str(obj)],
-            out_dir,
-            f"compiling {name}.c",
-        )
-        objs[name] = obj
+    sources = [SRC / "startup.c", SRC / "main.c", *(out_dir / n for n in extra if n.endswith(".c"))]
+    for src in sources:
+        obj = out_dir / f"{src.stem}.o"
+        _run([gcc, *cflags, "-c", str(src), "-o", str(obj)], out_dir, f"compiling {src.name}")
+        objs[src.stem] = obj
     model_text, model_data, model_bss = object_sizes(size_tool, objs["char_lstm"])
     flash = ram = 0
     for obj in objs.values():
@@ -294,7 +346,7 @@ def build_firmware(
                 f"{chosen.ram // KB} KB RAM): {what} (char_lstm.o needs "
                 f"{model_text + model_data:,} bytes of flash)"
             )
-        raise FirmwareError(f"linking the firmware failed: {_first_error(proc.stderr)}")
+        raise FirmwareError(f"linking the firmware failed: {first_error(proc.stderr)}")
     sections = section_sizes(size_tool, elf)
     flash_sections = (".isr_vector", ".text", ".rodata", ".ARM.exidx", ".data")
     info = FirmwareInfo(
@@ -315,6 +367,12 @@ def build_firmware(
         prompt_tokens=tokens,
         length=length,
         sections=sections,
+        pattern=pattern.source if pattern is not None else None,
+        pattern_states=pattern.states if pattern is not None else 0,
+        pattern_bytes=pattern.states * (2 * len(vocab.chars) + 3) if pattern is not None else 0,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
     )
     (out_dir / MARKER).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info
@@ -329,6 +387,7 @@ def build_matvec_test(board_name: str, out_dir: Path) -> Path:
     out_dir = Path(out_dir).resolve()  # gcc runs in out_dir: relative paths would nest
     prepare_out_dir(out_dir)
     (out_dir / "matvec_s8.c").write_text(matvec_source())
+    (out_dir / "matvec_harness.h").write_text(matvec_harness_source())
     (out_dir / "link.ld").write_text(linker_script(b.parts[-1], MIN_STACK))
     elf = out_dir / "matvec_test.elf"
     cmd = [

@@ -31,6 +31,8 @@ class RunResult:
     stack_bytes: int | None  # the painted stack's high-water mark
     logits_fnv: int | None  # FNV-1a of every step's logits
     stderr: str
+    generated: int = 0  # characters written
+    choose_instructions_per_char: float | None = None  # the C decoder's share (FW_DECODE)
 
 
 def qemu_command(elf: Path, board_name: str, qemu: str = QEMU) -> list[str]:
@@ -68,6 +70,10 @@ def run_firmware(elf: Path, board_name: str, timeout_s: float = TIMEOUT_S) -> Ru
     if steps and int(stats.get("calib_ticks", 0)):
         per_tick = int(stats["calib_instructions"]) / int(stats["calib_ticks"])
         per_char = int(stats["step_ticks"]) * per_tick / steps
+    generated = int(stats.get("generated", 0))
+    choose = None
+    if per_tick is not None and generated and "choose_ticks" in stats:
+        choose = int(stats["choose_ticks"]) * per_tick / generated
     return RunResult(
         text=proc.stdout.decode("utf-8", "replace"),
         exit_code=proc.returncode,
@@ -77,6 +83,8 @@ def run_firmware(elf: Path, board_name: str, timeout_s: float = TIMEOUT_S) -> Ru
         stack_bytes=int(stats["stack_bytes"]) if "stack_bytes" in stats else None,
         logits_fnv=int(stats["logits_fnv"]) if "logits_fnv" in stats else None,
         stderr=stderr,
+        generated=generated,
+        choose_instructions_per_char=choose,
     )
 
 

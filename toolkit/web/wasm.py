@@ -5,8 +5,9 @@ emscripten, no C library, SIMD (-msimd128: the template's wasm matrix product).
     build_matvec_check() -> Path         # the SIMD matvec_s8 against the portable one
     wasm_sections(data) -> {section: bytes}
 
-The module exports state_new/state_free/state_copy/reset/step/greedy, the vocabulary and the
-logits' quantization (c/glue.c); web/src/char_lstm_wasm.js wraps them.
+The module exports state_new/state_free/state_copy/reset/step/greedy, the C decoder (decode,
+with pattern_alloc/pattern_next/pattern_distance/pattern_accepting for a pattern's table), the
+vocabulary and the logits' quantization (c/glue.c); web/src/char_lstm_wasm.js wraps them.
 
     python -m toolkit.web.wasm [MODEL_DIR] --out DIR
 
@@ -25,8 +26,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from toolkit.errors import ModelFileError, ToolkitError, WebError
-from toolkit.export.c.emit import matvec_source
+from toolkit.export.c.emit import matvec_harness_source, matvec_source
 from toolkit.runtime.backends.c import HEADER, SOURCE, CharLSTMLibrary, build, read_c_files
+from toolkit.runtime.backends.c_decode import decoder_sources
 from toolkit.runtime.manifest import Manifest
 
 GLUE_DIR = Path(__file__).resolve().parent / "c"
@@ -85,6 +87,7 @@ def build_wasm(files: Mapping[str, bytes], portable_matvec: bool = False) -> Pat
         SOURCE: files[SOURCE],
         HEADER: files[HEADER],
         "glue.c": (GLUE_DIR / "glue.c").read_bytes(),
+        **decoder_sources(),
     }
     flags = [*WASM_CFLAGS, *(["-DCHAR_LSTM_PORTABLE_MATVEC"] if portable_matvec else [])]
     return _build(sources, flags, f"{SOURCE} to wasm")
@@ -95,6 +98,7 @@ def build_matvec_check() -> Path:
     sources = {
         "matvec_check.c": (GLUE_DIR / "matvec_check.c").read_bytes(),
         "matvec_s8.c": matvec_source().encode(),
+        "matvec_harness.h": matvec_harness_source().encode(),
     }
     return _build(sources, WASM_CFLAGS, "matvec_check.c to wasm", only=["matvec_check.c"])
 

@@ -44,6 +44,12 @@ def matvec_source() -> str:
     return text[begin:end] + MATVEC_END + "\n"
 
 
+def matvec_harness_source() -> str:
+    """templates/matvec_harness.h: the checks the on-target and in-browser matvec tests share
+    (both builds write it beside matvec_s8.c)."""
+    return (TEMPLATES / "matvec_harness.h").read_text()
+
+
 # --------------------------------------------------------------------------- rendering
 
 

@@ -4,7 +4,9 @@ machine into a shared library and called through ctypes.
 The library is compiled once per source and cached by the hash of the sources, the flags
 and the compiler (under `toolkit.files.cache_dir()`, or $TOOLKIT_C_CACHE), so only the first
 load of a model pays for the compiler. A small shim is compiled with it: bulk entry points
-(a whole teacher-forced run, a batch of rows) and the state struct's layout.
+(a whole teacher-forced run, a batch of rows) and the state struct's layout. So is the C
+decoder (char_lstm_decode.c, see c_decode.py): `CBackend.decode_native` lets it choose the
+characters too, as the firmware and the wasm module do.
 
 The step keeps the runtime's contract, float state in and out: h and c are quantized into
 the C state struct with the model's h/c input quantization, and the state the C carried into
@@ -32,8 +34,10 @@ import numpy as np
 from toolkit.config import ModelConfig
 from toolkit.errors import ModelFileError, UsageError, first_line
 from toolkit.files import cache_dir
+from toolkit.runtime.backends.c_decode import c_tables, decoder_sources, temperature_milli
 from toolkit.runtime.backends.tflite import QuantizedIO
 from toolkit.runtime.manifest import Artifact, Manifest, read_verified
+from toolkit.runtime.pattern import Pattern
 from toolkit.runtime.step import StepOutput
 
 SOURCE, HEADER = "char_lstm.c", "char_lstm.h"
@@ -48,6 +52,7 @@ SHIM = r"""
 #include <stddef.h>
 #include <string.h>
 #include "char_lstm.h"
+#include "char_lstm_decode.h"
 
 size_t shim_state_bytes(void) { return sizeof(char_lstm_state); }
 size_t shim_offset(int field) {
@@ -99,6 +104,54 @@ int shim_greedy(char_lstm_state *s, const int32_t *prompt, int n_prompt, int n, 
         if (t + 1 < n) q = char_lstm_step(s, best);
     }
     return n;
+}
+
+/* The C decoder (char_lstm_decode.c) after the prompt, from the zero state: states == 0 is
+ * no pattern. Returns the tokens written, -2 for a bad prompt, -3 for bad options, -1 where
+ * char_lstm_decode refuses. */
+int32_t shim_decode(const int32_t *prompt, int32_t n_prompt, int32_t temperature_milli,
+                    int32_t top_k, uint64_t seed, const int16_t *next, const uint8_t *accepting,
+                    const int16_t *distance, int32_t states, int32_t start, int32_t length,
+                    int32_t *out) {
+    char_lstm_state s;
+    char_lstm_sampler sampler;
+    char_lstm_rng rng;
+    const int8_t *q = NULL;
+    char_lstm_reset(&s);
+    for (int32_t t = 0; t < n_prompt; t++)
+        if ((q = char_lstm_step(&s, prompt[t])) == NULL) return -2;
+    if (q == NULL) return -2;
+    if (char_lstm_sampler_init(&sampler, temperature_milli, top_k) != 0) return -3;
+    char_lstm_rng_seed(&rng, seed, 0u);
+    const char_lstm_pattern p = {states, CHAR_LSTM_VOCAB_SIZE, start, next, accepting, distance};
+    return char_lstm_decode(&s, q, &sampler, states > 0 ? &p : NULL, &rng, length, out);
+}
+
+/* n draws of char_lstm_choose from the same logits in pattern state `state` (states == 0: no
+ * pattern) with `remaining` characters left: counts [vocab + 1], the last one END. */
+int shim_choose_counts(const int8_t *logits, int32_t temperature_milli, int32_t top_k,
+                       uint64_t seed, const int16_t *next, const uint8_t *accepting,
+                       const int16_t *distance, int32_t states, int32_t state, int32_t remaining,
+                       int32_t n, int32_t *counts) {
+    char_lstm_sampler sampler;
+    char_lstm_rng rng;
+    if (char_lstm_sampler_init(&sampler, temperature_milli, top_k) != 0) return -1;
+    char_lstm_rng_seed(&rng, seed, 0u);
+    const char_lstm_pattern p = {states, CHAR_LSTM_VOCAB_SIZE, 0, next, accepting, distance};
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t t = char_lstm_choose(&sampler, logits, states > 0 ? &p : NULL, state,
+                                           remaining, &rng);
+        counts[t == CHAR_LSTM_END ? CHAR_LSTM_VOCAB_SIZE : t]++;
+    }
+    return 0;
+}
+
+/* The sampler's weight table for a temperature (for the tests). */
+int shim_weights(int32_t temperature_milli, uint32_t *out) {
+    char_lstm_sampler sampler;
+    if (char_lstm_sampler_init(&sampler, temperature_milli, 0) != 0) return -1;
+    memcpy(out, sampler.weight, sizeof sampler.weight);
+    return 0;
 }
 
 /* The same step n times with nothing in between (for timing). */
@@ -230,7 +283,7 @@ class CharLSTMLibrary:
         self.vocab = header_int(header, "CHAR_LSTM_VOCAB_SIZE")
         self.layers = header_int(header, "CHAR_LSTM_LAYERS")
         self.units = header_int(header, "CHAR_LSTM_UNITS")
-        files = {SOURCE: source, HEADER: header, "shim.c": SHIM.encode()}
+        files = {SOURCE: source, HEADER: header, "shim.c": SHIM.encode(), **decoder_sources()}
         self.path = build(files, [*flags, "-shared", "-fPIC"], cc=cc)
         try:
             lib = ctypes.CDLL(str(self.path))
@@ -250,6 +303,18 @@ class CharLSTMLibrary:
         lib.shim_greedy.argtypes = [ctypes.c_void_p, p32, ctypes.c_int, ctypes.c_int, p32]
         lib.shim_loop.argtypes = [ctypes.c_void_p, p32, ctypes.c_int]
         lib.shim_loop.restype = ctypes.c_int32
+        lib.shim_decode.restype = ctypes.c_int32
+        lib.shim_decode.argtypes = [
+            p32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64,
+            np.ctypeslib.ndpointer(np.int16), pu8, np.ctypeslib.ndpointer(np.int16),
+            ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, p32,
+        ]  # fmt: skip
+        lib.shim_choose_counts.argtypes = [
+            p8, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64,
+            np.ctypeslib.ndpointer(np.int16), pu8, np.ctypeslib.ndpointer(np.int16),
+            ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, p32,
+        ]  # fmt: skip
+        lib.shim_weights.argtypes = [ctypes.c_int32, np.ctypeslib.ndpointer(np.uint32)]
         self.state_bytes = int(lib.shim_state_bytes())
         if self.state_bytes != header_int(header, "CHAR_LSTM_RAM_BYTES"):
             raise ModelFileError(f"{SOURCE} and {HEADER} disagree on the state's size")
@@ -307,6 +372,76 @@ class CharLSTMLibrary:
             raise UsageError("the prompt is empty or has a token out of range")
         return [int(t) for t in out]
 
+    def decode(
+        self,
+        prompt: Sequence[int] | np.ndarray,
+        length: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        seed: int = 0,
+        pattern: Pattern | None = None,
+    ) -> list[int]:
+        """The C decoder (char_lstm_decode.c) after `prompt` from the zero state: up to
+        `length` token ids, fewer where the pattern's match ended."""
+        if length < 0:
+            raise UsageError(f"length must be >= 0, got {length}")
+        if top_k < 0:
+            raise UsageError(f"top-k must be >= 0 (0 means no limit), got {top_k}")
+        if not 0 <= seed < 2**64:
+            raise UsageError(f"the C sampler's seed must be in 0..2^64-1, got {seed}")
+        milli = temperature_milli(temperature)
+        empty16, empty8 = np.zeros(1, np.int16), np.zeros(1, np.uint8)
+        nxt, accepting, distance, states, start = empty16, empty8, empty16, 0, 0
+        if pattern is not None:
+            pattern.check_length(length)
+            nxt, accepting, distance = c_tables(pattern, self.vocab)
+            states, start = pattern.states, pattern.start
+        ids = np.ascontiguousarray(prompt, np.int32)
+        out = np.zeros(max(length, 1), np.int32)
+        n = self.lib.shim_decode(
+            ids, len(ids), milli, top_k, seed, nxt, accepting, distance, states, start, length,
+            out,
+        )  # fmt: skip
+        if n == -2:
+            raise UsageError("the prompt is empty or has a token out of range")
+        if n < 0:
+            raise UsageError("the C decoder refused the options")
+        return [int(t) for t in out[:n]]
+
+    def choose_counts(
+        self,
+        logits: np.ndarray,
+        draws: int,
+        temperature: float,
+        top_k: int = 0,
+        seed: int = 0,
+        pattern: Pattern | None = None,
+        state: int = 0,
+        remaining: int = 1,
+    ) -> np.ndarray:
+        """How often char_lstm_choose picks each token (and, last, END) in `draws` draws
+        from the same int8 logits: the C sampler's distribution, for the tests."""
+        counts = np.zeros(self.vocab + 1, np.int32)
+        empty16, empty8 = np.zeros(1, np.int16), np.zeros(1, np.uint8)
+        nxt, accepting, distance, states = empty16, empty8, empty16, 0
+        if pattern is not None:
+            nxt, accepting, distance = c_tables(pattern, self.vocab)
+            states = pattern.states
+        q = np.ascontiguousarray(logits, np.int8)
+        if self.lib.shim_choose_counts(
+            q, temperature_milli(temperature), top_k, seed, nxt, accepting, distance, states,
+            state, remaining, draws, counts,
+        ) != 0:  # fmt: skip
+            raise UsageError("bad sampler options")
+        return counts
+
+    def sampler_weights(self, temperature: float) -> np.ndarray:
+        """The C sampler's fixed-point weights 2^16 * exp(-d * scale / T), d = 0..255."""
+        out = np.zeros(256, np.uint32)
+        if self.lib.shim_weights(temperature_milli(temperature), out) != 0:
+            raise UsageError(f"bad temperature {temperature}")
+        return out
+
 
 # --------------------------------------------------------------------------- the backend
 
@@ -353,6 +488,19 @@ class CBackend:
 
     def stepper(self, logits: np.ndarray, h: np.ndarray, c: np.ndarray) -> CStepper:
         return CStepper(self, h, c)
+
+    def decode_native(
+        self,
+        prompt_ids: Sequence[int] | np.ndarray,
+        length: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        seed: int = 0,
+        pattern: Pattern | None = None,
+    ) -> list[int]:
+        """Tokens chosen by the C decoder itself (integer sampler, seeded PCG32, the pattern
+        rule): what the firmware and the wasm module write for the same options and seed."""
+        return self.lib.decode(prompt_ids, length, temperature, top_k, seed, pattern)
 
 
 def c_section(artifact: Artifact) -> Mapping[str, Any]:
