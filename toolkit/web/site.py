@@ -1,11 +1,12 @@
 """`toolkit web`: an exported model folder as a static site that generates text in the browser.
 
 The site is plain files: the page and its sampler (web/src), the model folder's manifest, and
-the engine site.json names. `onnx` (the default): onnxruntime-web's wasm build (web/node_modules,
-installed with `npm ci` from the pinned lock file) and the folder's ONNX step graphs. `c`: the
-folder's char_lstm.c compiled to WebAssembly (wasm.py) and its small loader
-(web/src/char_lstm_wasm.js), no onnxruntime-web. Any static file server can host it;
-`SiteServer` is one on 127.0.0.1 for trying it out and for the tests. No TensorFlow here.
+the engine site.json names. `c` (the CLI's default): the folder's char_lstm.c compiled to
+WebAssembly (wasm.py) and its small loader (web/src/char_lstm_wasm.js). `onnx`: onnxruntime-web's
+wasm build (web/node_modules, installed with `npm ci` from the pinned lock file) and the folder's
+ONNX step graphs. Either way the site is an installable app that works offline (pwa.py: icons,
+web app manifest, service worker). Any static file server can host it; `SiteServer` is one on
+127.0.0.1 for trying it out and for the tests. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from toolkit import __version__
 from toolkit.errors import ModelFileError, UsageError, WebError
 from toolkit.files import sha256_bytes
 from toolkit.runtime.manifest import ARTIFACT_FILES, MANIFEST_NAME, Manifest, read_verified
+from toolkit.web.pwa import SW_FILE, add_app_files
 
 # The JS project: page sources, node tests, package.json and its lock file.
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
-PAGE_FILES = ("index.html", "style.css", "app.js", "generator.js", "sampler.js")
+PAGE_FILES = ("index.html", "style.css", "app.js", "generator.js", "sampler.js", "surprisal.js")
 # The wasm-only build of onnxruntime-web: the 14 MB single-thread-capable SIMD wasm and its
 # loader. The default `ort.min.js` would pull the 28 MB WebGPU/JSEP build instead.
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
@@ -49,6 +51,7 @@ class Site:
     ort_version: str  # "" for the C engine
     bytes: int
     engine: str = "onnx"
+    version: str = ""  # the service worker's cache version (pwa.py)
 
 
 def ort_dist(
@@ -158,14 +161,16 @@ def build_site(
             "variants": variants,
             "default_variant": default,
             "onnxruntime_web": ort_version,
+            "runtime_bytes": sum((staging / "ort" / name).stat().st_size for name in ORT_FILES),
             "built_by": f"char-lstm-toolkit {__version__}",
         }
         (staging / SITE_MARKER).write_text(json.dumps(site_info, indent=2) + "\n")
+        version = add_app_files(staging, manifest.name, web_dir)
         total = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
         _swap_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Site(out_dir, variants, default, ort_version, total)
+    return Site(out_dir, variants, default, ort_version, total, version=version)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -189,7 +194,7 @@ def _build_c_site(
         files = read_c_files(model_dir, manifest)
     except ModelFileError as exc:
         raise WebError(str(exc)) from None
-    if not all((web_dir / "src" / name).exists() for name in (*PAGE_FILES, *C_PAGE_FILES)):
+    if not all((web_dir / "src" / name).exists() for name in (*PAGE_FILES, *C_PAGE_FILES, SW_FILE)):
         raise WebError(
             f"{web_dir / 'src'} is missing the page: `toolkit web` needs the repository's web/ "
             "folder (run it from a clone of char-lstm-toolkit)"
@@ -227,11 +232,12 @@ def _build_c_site(
             "built_by": f"char-lstm-toolkit {__version__}",
         }
         (staging / SITE_MARKER).write_text(json.dumps(site_info, indent=2) + "\n")
+        version = add_app_files(staging, manifest.name, web_dir)
         total = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
         _swap_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Site(out_dir, {"int8": WASM_FILE}, "int8", "", total, engine="c")
+    return Site(out_dir, {"int8": WASM_FILE}, "int8", "", total, engine="c", version=version)
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
@@ -259,6 +265,7 @@ class _SiteHandler(http.server.SimpleHTTPRequestHandler):
         ".wasm": "application/wasm",
         ".onnx": "application/octet-stream",
         ".json": "application/json",
+        ".webmanifest": "application/manifest+json",
     }
 
     def log_message(self, format: str, *args: object) -> None:

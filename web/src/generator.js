@@ -65,9 +65,13 @@ export class Session {
     this.state = generator.backend.zeroState();
     this.logits = null;
     this.steps = 0;
+    // onStep(token, logits): called as each token is read, with the logits that predicted it
+    // (null for the first); the page's surprisal view listens here.
+    this.onStep = null;
   }
 
   async step(token) {
+    this.onStep?.(token, this.logits);
     const out = await this.generator.backend.step(token, this.state);
     this.logits = out.logits;
     this.state = out.state;
