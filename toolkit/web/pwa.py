@@ -38,7 +38,9 @@ def draw_icon(size: int, maskable: bool) -> bytes:
     try:
         from PIL import Image, ImageDraw
     except ImportError:
-        raise WebError("drawing the app's icons needs Pillow: pip install pillow") from None
+        raise WebError(
+            'drawing the app\'s icons needs Pillow: pip install "char-lstm-toolkit[web]"'
+        ) from None
     scale = 4  # drawn large and scaled down: smooth edges without anti-aliased primitives
     big = size * scale
     image = Image.new("RGBA", (big, big), (0, 0, 0, 0))

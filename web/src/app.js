@@ -537,11 +537,12 @@ async function start() {
   explainOn($("score-view"), $("score-expected"), () => page.scored);
   setRunning(false);
   const controlled = Boolean(navigator.serviceWorker?.controller);
+  const readyMs = performance.now(); // since the page was opened: the benchmark's figure
   if (page.model.engine === "c") {
     const m = page.model.charLstm;
-    return { variant, file: page.model.file, engine: "c", simd: m.simd, wasmBytes: page.model.entry.bytes, sha256: page.model.entry.sha256, controlled };
+    return { variant, file: page.model.file, engine: "c", simd: m.simd, wasmBytes: page.model.entry.bytes, sha256: page.model.entry.sha256, controlled, readyMs };
   }
-  return { variant, file: page.model.file, engine: "onnx", ortVersion: ort.env.versions?.web ?? null, sha256: page.model.entry.sha256, controlled };
+  return { variant, file: page.model.file, engine: "onnx", ortVersion: ort.env.versions?.web ?? null, sha256: page.model.entry.sha256, controlled, readyMs };
 }
 
 // --------------------------------------------------------------------------- API
