@@ -205,9 +205,14 @@ def _screenshots(page: Any, folder: Path) -> None:
     page.screenshot(path=str(folder / "web-dark.png"))
     page.emulate_media(color_scheme="light")
     page.tap("#shade")
-    page.locator("#bits").scroll_into_view_if_needed()
-    page.tap("#output span[data-i='30']")
-    page.evaluate("() => document.getElementById('shade').scrollIntoView()")
+    # The most surprising of the last characters tapped, its explanation on screen too.
+    pick = page.evaluate("""() => {
+      const shade = (el) => parseFloat(el.style.getPropertyValue("--a")) || 0;
+      const last = Array.from(document.querySelectorAll("#output span[data-i]")).slice(-150);
+      return last.reduce((a, b) => (shade(b) > shade(a) ? b : a)).dataset.i;
+    }""")
+    page.locator(f"#output span[data-i='{pick}']").tap()
+    page.evaluate("() => document.getElementById('expected').scrollIntoView({block: 'end'})")
     page.screenshot(path=str(folder / "web-surprisal.png"))
 
 

@@ -479,8 +479,22 @@ function installOffline() {
   else addEventListener("load", register, { once: true });
 }
 
+/** iOS Safari lays the keyboard over the page instead of resizing it (as interactive-widget
+ * asks Chrome to): lift the sticky buttons by the keyboard's height there. */
+function keepButtonsAboveKeyboard() {
+  const viewport = window.visualViewport;
+  if (!viewport) return;
+  const lift = () => {
+    const covered = Math.max(0, innerHeight - viewport.height - viewport.offsetTop);
+    document.documentElement.style.setProperty("--keyboard", `${covered}px`);
+  };
+  viewport.addEventListener("resize", lift);
+  viewport.addEventListener("scroll", lift);
+}
+
 async function start() {
   installOffline();
+  keepButtonsAboveKeyboard();
   $("reload").addEventListener("click", () => location.reload());
   const variantSelect = $("variant");
   let site;
