@@ -48,12 +48,12 @@ def web(
     runtime = f"onnxruntime-web {site.ort_version}" if engine == "onnx" else "the C step in wasm"
     typer.echo(
         f"wrote {site.out_dir} ({site.bytes / 1e6:.1f} MB: {', '.join(site.variants.values())}, "
-        f"{runtime})"
+        f"{runtime}); an installable app that works offline after one visit"
     )
     if not serve:
         again = " --engine onnx" if engine == "onnx" else ""
         typer.echo(
-            f"serve it with any static file server, or: toolkit web{again} --serve --out {out}"
+            f"serve it with any static file server, or: toolkit web{again} --serve --force --out {out}"
         )
         return
     with SiteServer(site.out_dir, port) as server:

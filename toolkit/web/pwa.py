@@ -97,7 +97,9 @@ def add_app_files(site_dir: Path, name: str, web_dir: Path) -> str:
     """Write the icons, the web app manifest and sw.js into site_dir; returns the version."""
     for file, (size, maskable) in ICONS.items():
         (site_dir / file).write_bytes(draw_icon(size, maskable))
-    (site_dir / WEB_MANIFEST).write_text(json.dumps(web_manifest(name), indent=2) + "\n")
+    (site_dir / WEB_MANIFEST).write_text(
+        json.dumps(web_manifest(name), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     files = sorted(
         p.relative_to(site_dir).as_posix()
         for p in site_dir.rglob("*")
