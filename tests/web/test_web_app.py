@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -292,6 +293,31 @@ def test_surprisal_equals_the_runtime_log_softmax(server: SiteServer, app: Any) 
     want, _ = runtime_surprisal(text)
     shown = float(page.text_content("#bits").split(" bits per character")[0])
     assert abs(shown - want.mean()) < BITS_TOLERANCE
+    assert page.errors == []
+    page.close()
+
+
+def test_a_pattern_shapes_the_text(server: SiteServer, app: Any) -> None:
+    page = open_app(app, server.url)
+    # The acrostic example, sampled, through the page's controls.
+    page.select_option("#pattern-example", index=1)
+    source = page.input_value("#pattern")
+    assert source.startswith("R[^\\n]")
+    page.fill("#prompt", "ROMEO:")
+    text = generate_by_touch(page, 300, "0.8")[len("ROMEO:") :]
+    assert re.fullmatch(source, text), text
+    # Greedy through the API: a full match, complete within the length.
+    for pattern, length in [("[^\\n]{1,40}", 60), ("([A-Z][a-z]{2,9}\\n){5}", 60)]:
+        text = page.evaluate(
+            "(o) => window.toolkit.generate(o)",
+            {"prompt": "ROMEO:", "length": length, "temperature": 0, "pattern": pattern},
+        )
+        assert re.fullmatch(pattern, text) and len(text) <= length, (pattern, text)
+    page.fill("#pattern", "(a)\\1")
+    page.tap("#generate")
+    page.wait_for_selector("#error", state="visible")
+    assert page.text_content("#error") == "Pattern: \\1: back-references are not supported in a pattern"
+    page.fill("#pattern", "")
     assert page.errors == []
     page.close()
 

@@ -31,7 +31,13 @@ from toolkit.web.pwa import SW_FILE, add_app_files
 
 # The JS project: page sources, node tests, package.json and its lock file.
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
-PAGE_FILES = ("index.html", "style.css", "app.js", "generator.js", "sampler.js", "surprisal.js")
+PAGE_FILES = (
+    "index.html", "style.css", "app.js", "generator.js", "sampler.js", "surprisal.js", "pattern.js"
+)  # fmt: skip
+# The regex parser that pattern.js builds its automaton from (ESLint's regexpp, from `npm ci`):
+# loaded only when a pattern is used; a site built without it says so when one is.
+REGEXPP = Path("node_modules") / "@eslint-community" / "regexpp" / "index.mjs"
+REGEXPP_FILE = "regexpp.mjs"
 # The wasm-only build of onnxruntime-web: the 14 MB single-thread-capable SIMD wasm and its
 # loader. The default `ort.min.js` would pull the 28 MB WebGPU/JSEP build instead.
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
@@ -143,6 +149,7 @@ def build_site(
         staging.chmod(0o755)  # mkdtemp makes 0700; a site is for web servers to read
         for name in PAGE_FILES:
             shutil.copy2(web_dir / "src" / name, staging / name)
+        _copy_regexpp(web_dir, staging, log)
         (staging / "ort").mkdir()
         for name in ORT_FILES:
             shutil.copy2(dist / name, staging / "ort" / name)
@@ -208,6 +215,7 @@ def _build_c_site(
         staging.chmod(0o755)  # mkdtemp makes 0700; a site is for web servers to read
         for name in (*PAGE_FILES, *C_PAGE_FILES):
             shutil.copy2(web_dir / "src" / name, staging / name)
+        _copy_regexpp(web_dir, staging, log)
         (staging / "model").mkdir()
         (staging / "model" / WASM_FILE).write_bytes(wasm)
         # The page reads the model's name, shape and vocabulary here; the wasm is site.json's.
@@ -238,6 +246,13 @@ def _build_c_site(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Site(out_dir, {"int8": WASM_FILE}, "int8", "", total, engine="c", version=version)
+
+
+def _copy_regexpp(web_dir: Path, staging: Path, log: Callable[[str], None]) -> None:
+    if (web_dir / REGEXPP).exists():
+        shutil.copy2(web_dir / REGEXPP, staging / REGEXPP_FILE)
+    else:
+        log(f"no Pattern field on this page: run npm ci --prefix {web_dir} for the regex parser")
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:

@@ -7,7 +7,7 @@
 //
 // window.toolkit is the API for scripts and tests:
 //   await window.toolkit.ready                       // the model is loaded
-//   await window.toolkit.generate({prompt, length, temperature, topK, topP, stop, seed})
+//   await window.toolkit.generate({prompt, length, temperature, topK, topP, stop, seed, pattern})
 //   await window.toolkit.timeSteps({steps, rounds, model, raw})   // benchmark: µs per step
 //   await window.toolkit.logits({text})              // teacher-forced logits, one row per char
 //   await window.toolkit.greedyInWasm({prompt, length})   // C engine: the whole loop in wasm
@@ -185,7 +185,7 @@ const page = {
 // phone, 0.5 s on a laptop.
 const STORAGE_KEY = "char-lstm-toolkit:page";
 const MAX_SAVED = 5000;
-const SAVED_FIELDS = ["prompt", "length", "temperature", "top-k", "top-p", "stop", "shade"];
+const SAVED_FIELDS = ["prompt", "length", "temperature", "top-k", "top-p", "stop", "pattern", "shade"];
 const FULL_SHADE_BITS = 8; // a character this surprising (1 in 256) gets the full shade
 
 function showError(message) {
@@ -336,10 +336,41 @@ async function onScore() {
   $("score-expected").textContent = record.length ? "Tap or hover over a character to see what the model expected there." : "";
 }
 
+// ------------------------------------------------------------ patterns
+
+// pattern.js and the regex parser load with the first pattern; compiled patterns are kept.
+let patterns = null;
+const compiledPatterns = new Map();
+
+/** The compiled pattern for `source` over the model's characters, or null for none. */
+async function compilePattern(source) {
+  if (!source) return null;
+  if (!patterns) {
+    let RegExpParser;
+    try {
+      ({ RegExpParser } = await import("./regexpp.mjs"));
+    } catch {
+      throw new GenerationError("this site was built without the regex parser: run npm ci in web/, then toolkit web --force");
+    }
+    const { compileRegex } = await import("./pattern.js");
+    const parser = new RegExpParser();
+    patterns = (text) => compileRegex(text, page.generator.chars, parser);
+  }
+  if (!compiledPatterns.has(source)) compiledPatterns.set(source, patterns(source));
+  return compiledPatterns.get(source);
+}
+
 // ------------------------------------------------------------ generating
 
 async function runFromPage() {
   const options = readOptions();
+  try {
+    options.pattern = await compilePattern($("pattern").value);
+    options.pattern?.checkLength(options.length);
+  } catch (err) {
+    showError(`Pattern: ${err.message}`);
+    return;
+  }
   setRunning(true);
   page.stopRequested = false;
   const output = $("output");
@@ -551,6 +582,11 @@ async function start() {
   $("share").textContent = navigator.share ? "Share" : "Copy";
   $("share").addEventListener("click", onShare);
   $("score-button").addEventListener("click", onScore);
+  $("pattern-example").addEventListener("change", () => {
+    $("pattern").value = $("pattern-example").value;
+    $("pattern-example").selectedIndex = 0;
+    save();
+  });
   const shade = () => $("output").classList.toggle("shaded", $("shade").checked);
   $("shade").addEventListener("change", () => {
     shade();
@@ -623,9 +659,10 @@ window.toolkit = {
     return page.model ? $("variant").value : null;
   },
   /** Resolves to the generated text (without the prompt); unknown prompt characters reject. */
-  async generate({ prompt = "", length = 200, temperature = 1, topK = 0, topP = 1, stop = null, seed = null, unknown = "error" } = {}) {
+  async generate({ prompt = "", length = 200, temperature = 1, topK = 0, topP = 1, stop = null, seed = null, unknown = "error", pattern = "" } = {}) {
     await ready;
-    return page.generator.generate({ prompt, length, temperature, topK, topP, stop, seed, unknown });
+    const compiled = await compilePattern(pattern);
+    return page.generator.generate({ prompt, length, temperature, topK, topP, stop, seed, unknown, pattern: compiled });
   },
   /**
    * The logits after each character of `text`, fed from the zero state: what the exported
