@@ -177,6 +177,7 @@ def main() -> None:
     chromium = find_chromium()
     if chromium is None:
         sys.exit("error: no Chromium found (apt-get install chromium)")
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -196,7 +197,7 @@ def main() -> None:
     kept = runs[len(runs) // 2]
     user_agent = speed.pop("user_agent")["value"]
     report: dict[str, Any] = {
-        "command": "python benchmarks/lighthouse.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/lighthouse.py", *sys.argv[1:]]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model_dir": str(args.model_dir),
         "sites": {
@@ -221,7 +222,12 @@ def main() -> None:
         "length": args.length,
         "rounds": args.rounds,
         "browser": user_agent,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            # Other work on the machine slows both engines alike; the ratio is the figure.
+            "load_average_1min": [load_before, os.getloadavg()[0]],
+        },
     }
     for audit in DROPPED_AUDITS:
         kept["audits"].pop(audit, None)
@@ -240,7 +246,9 @@ def markdown(report: dict[str, Any]) -> str:
         "# The page as a phone app: Lighthouse, speed, offline start",
         "",
         f"`{report['command']}` on {report['date'][:10]}, headless Chromium {chrome}, "
-        f"{report['machine']['cores']} cores ({report['machine']['cpu']}).",
+        f"{report['machine']['cores']} cores ({report['machine']['cpu']}), load average "
+        + " → ".join(f"{x:.1f}" for x in report["machine"]["load_average_1min"])
+        + " (start → end: other work on the machine slows every figure).",
         "",
         f"## Lighthouse {lh['version']} ({lh['form_factor']}, {lh['throttling_method']} "
         "throttling: its default phone)",

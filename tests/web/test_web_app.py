@@ -316,7 +316,10 @@ def test_a_pattern_shapes_the_text(server: SiteServer, app: Any) -> None:
     page.fill("#pattern", "(a)\\1")
     page.tap("#generate")
     page.wait_for_selector("#error", state="visible")
-    assert page.text_content("#error") == "Pattern: \\1: back-references are not supported in a pattern"
+    assert (
+        page.text_content("#error")
+        == "Pattern: \\1: back-references are not supported in a pattern"
+    )
     page.fill("#pattern", "")
     assert page.errors == []
     page.close()
