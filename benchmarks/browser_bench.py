@@ -27,7 +27,7 @@ import numpy as np
 
 from toolkit.files import atomic_write_text
 from toolkit.runtime.backends.onnx import OnnxBackend
-from toolkit.runtime.manifest import read_manifest
+from toolkit.runtime.manifest import Manifest
 from toolkit.web.browser import find_chromium, open_page, wait_ready
 from toolkit.web.site import SiteServer, build_site
 
@@ -87,8 +87,7 @@ def main() -> None:
     if find_chromium() is None:
         sys.exit("error: no Chromium found (apt-get install chromium)")
 
-    manifest = read_manifest(args.model_dir)
-    m = manifest["model"]
+    m = Manifest.read(args.model_dir).model.sizes()
     vocab, layers, units = m["vocab_size"], m["layers"], m["units"]
     with tempfile.TemporaryDirectory() as tmp:
         site = build_site(args.model_dir, Path(tmp) / "site", log=lambda _: None)

@@ -10,7 +10,11 @@ export default [
     languageOptions: { ecmaVersion: 2022, sourceType: "module", globals: globals.browser },
   },
   {
-    files: ["test/**/*.mjs", "eslint.config.js"],
+    files: ["src/sw.js"],
+    languageOptions: { ecmaVersion: 2022, sourceType: "script", globals: globals.serviceworker },
+  },
+  {
+    files: ["test/**/*.mjs", "eslint.config.js", "../benchmarks/**/*.mjs"],
     languageOptions: { ecmaVersion: 2022, sourceType: "module", globals: globals.node },
   },
   {

@@ -225,7 +225,7 @@ def _use_the_page(page: Any, tmp_path: Path) -> None:
     shot = tmp_path / "page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("TOOLKIT_SCREENSHOT"):  # docs/browser.png is made this way
+    if os.environ.get("TOOLKIT_SCREENSHOT"):  # the onnx page on a desktop screen
         shutil.copy(shot, os.environ["TOOLKIT_SCREENSHOT"])
     # Stop: a long run ends early, keeping what was streamed.
     page.fill("#length", "100000")

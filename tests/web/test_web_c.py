@@ -18,8 +18,11 @@ from conftest import without_c
 from toolkit.errors import UsageError, WebError
 from toolkit.files import sha256_bytes
 from toolkit.runtime import load
-from toolkit.web.site import PAGE_FILES, SiteServer, build_site
+from toolkit.web.pwa import ICONS, SW_FILE, WEB_MANIFEST
+from toolkit.web.site import PAGE_FILES, REGEXPP, REGEXPP_FILE, WEB_DIR, SiteServer, build_site
 from toolkit.web.wasm import wasm_sections
+
+APP_FILES = [*ICONS, SW_FILE, WEB_MANIFEST]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,8 @@ def test_the_site_carries_the_page_and_the_wasm_and_no_onnxruntime(site: Path) -
     assert wasm_sections(wasm)["code"] == entry["code_bytes"] < 16_384
     names = sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
     assert names == sorted([*PAGE_FILES, "char_lstm_wasm.js", "site.json", "model/char_lstm.wasm",
-                            "model/manifest.json"])  # fmt: skip
+                            "model/manifest.json", *APP_FILES,
+                            *([REGEXPP_FILE] if (WEB_DIR / REGEXPP).exists() else [])])  # fmt: skip
     assert not (site / "ort").exists()
 
 

@@ -27,14 +27,15 @@ def web(
     engine: Annotated[
         str,
         typer.Option(
-            help="onnx: onnxruntime-web; c: the exported char_lstm.c as wasm", **choice(ENGINES)
+            help="c: the exported char_lstm.c as wasm (int8); onnx: onnxruntime-web (fp32)",
+            **choice(ENGINES),
         ),
-    ] = "onnx",
+    ] = "c",
     serve: Annotated[bool, typer.Option(help="serve the site on 127.0.0.1 until Ctrl-C")] = False,
     port: Annotated[int, typer.Option(help="port for --serve (0 = any free port)")] = 8000,
     force: Annotated[bool, typer.Option(help="replace an existing site")] = False,
 ) -> None:
-    """Build a static site that generates text in the browser (onnxruntime-web, or the C)."""
+    """Build a static site that generates text in the browser (the C as wasm, or onnxruntime-web)."""
     from toolkit.runtime.generator import default_model_dir
     from toolkit.web.site import SiteServer, build_site
 
@@ -47,12 +48,12 @@ def web(
     runtime = f"onnxruntime-web {site.ort_version}" if engine == "onnx" else "the C step in wasm"
     typer.echo(
         f"wrote {site.out_dir} ({site.bytes / 1e6:.1f} MB: {', '.join(site.variants.values())}, "
-        f"{runtime})"
+        f"{runtime}); an installable app that works offline after one visit"
     )
     if not serve:
-        again = " --engine c" if engine == "c" else ""
+        again = " --engine onnx" if engine == "onnx" else ""
         typer.echo(
-            f"serve it with any static file server, or: toolkit web{again} --serve --out {out}"
+            f"serve it with any static file server, or: toolkit web{again} --serve --force --out {out}"
         )
         return
     with SiteServer(site.out_dir, port) as server:

@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,19 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Phones as the tests and benchmarks emulate them: a small Android phone (Galaxy S5-sized,
+# 360 px wide: the narrowest common width) and an iPhone-sized viewport, both touch screens.
+PHONES: dict[str, dict[str, Any]] = {
+    "android": {
+        "viewport": {"width": 360, "height": 640},
+        "device_scale_factor": 3,
+        "user_agent": (
+            "Mozilla/5.0 (Linux; Android 13; SM-G900P) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/130.0.0.0 Mobile Safari/537.36"
+        ),
+    },
+    "iphone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3},
+}
 
 
 def find_chromium() -> str | None:
@@ -58,6 +72,52 @@ def launch_browser() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def launch_app(user_data_dir: Path, phone: str = "android") -> Iterator[Any]:
+    """Headless Chromium with a profile on disk (a Playwright BrowserContext) emulating a
+    phone with touch: what installing an app needs (an ordinary context is incognito, and
+    Chromium calls no incognito page installable) and where service workers keep a cache."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise WebError("no Chromium found: apt-get install chromium (or set TOOLKIT_CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise WebError("playwright is not installed: pip install -e '.[dev]'") from None
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(user_data_dir),
+            executable_path=chromium,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            is_mobile=True,
+            has_touch=True,
+            **PHONES[phone],
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def installability_errors(page: Any) -> list[str]:
+    """Chromium's own check (DevTools' Page.getInstallabilityErrors): [] when installable."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        found = cdp.send("Page.getInstallabilityErrors")["installabilityErrors"]
+    finally:
+        cdp.detach()
+    return [e["errorId"] for e in found]
+
+
+def wait_offline_ready(page: Any) -> list[str]:
+    """Wait until the service worker controls the page and has cached the site; the cache
+    names of the page's origin."""
+    page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+    names: list[str] = page.evaluate("() => caches.keys()")
+    return names
 
 
 @contextmanager

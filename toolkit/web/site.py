@@ -1,11 +1,12 @@
 """`toolkit web`: an exported model folder as a static site that generates text in the browser.
 
 The site is plain files: the page and its sampler (web/src), the model folder's manifest, and
-the engine site.json names. `onnx` (the default): onnxruntime-web's wasm build (web/node_modules,
-installed with `npm ci` from the pinned lock file) and the folder's ONNX step graphs. `c`: the
-folder's char_lstm.c compiled to WebAssembly (wasm.py) and its small loader
-(web/src/char_lstm_wasm.js), no onnxruntime-web. Any static file server can host it;
-`SiteServer` is one on 127.0.0.1 for trying it out and for the tests. No TensorFlow here.
+the engine site.json names. `c` (the CLI's default): the folder's char_lstm.c compiled to
+WebAssembly (wasm.py) and its small loader (web/src/char_lstm_wasm.js). `onnx`: onnxruntime-web's
+wasm build (web/node_modules, installed with `npm ci` from the pinned lock file) and the folder's
+ONNX step graphs. Either way the site is an installable app that works offline (pwa.py: icons,
+web app manifest, service worker). Any static file server can host it; `SiteServer` is one on
+127.0.0.1 for trying it out and for the tests. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -26,10 +27,17 @@ from toolkit import __version__
 from toolkit.errors import ModelFileError, UsageError, WebError
 from toolkit.files import sha256_bytes
 from toolkit.runtime.manifest import ARTIFACT_FILES, MANIFEST_NAME, Manifest, read_verified
+from toolkit.web.pwa import SW_FILE, add_app_files
 
 # The JS project: page sources, node tests, package.json and its lock file.
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
-PAGE_FILES = ("index.html", "style.css", "app.js", "generator.js", "sampler.js")
+PAGE_FILES = (
+    "index.html", "style.css", "app.js", "generator.js", "sampler.js", "surprisal.js", "pattern.js"
+)  # fmt: skip
+# The regex parser that pattern.js builds its automaton from (ESLint's regexpp, from `npm ci`):
+# loaded only when a pattern is used; a site built without it says so when one is.
+REGEXPP = Path("node_modules") / "@eslint-community" / "regexpp" / "index.mjs"
+REGEXPP_FILE = "regexpp.mjs"
 # The wasm-only build of onnxruntime-web: the 14 MB single-thread-capable SIMD wasm and its
 # loader. The default `ort.min.js` would pull the 28 MB WebGPU/JSEP build instead.
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
@@ -49,6 +57,7 @@ class Site:
     ort_version: str  # "" for the C engine
     bytes: int
     engine: str = "onnx"
+    version: str = ""  # the service worker's cache version (pwa.py)
 
 
 def ort_dist(
@@ -140,6 +149,7 @@ def build_site(
         staging.chmod(0o755)  # mkdtemp makes 0700; a site is for web servers to read
         for name in PAGE_FILES:
             shutil.copy2(web_dir / "src" / name, staging / name)
+        _copy_regexpp(web_dir, staging, log)
         (staging / "ort").mkdir()
         for name in ORT_FILES:
             shutil.copy2(dist / name, staging / "ort" / name)
@@ -158,14 +168,16 @@ def build_site(
             "variants": variants,
             "default_variant": default,
             "onnxruntime_web": ort_version,
+            "runtime_bytes": sum((staging / "ort" / name).stat().st_size for name in ORT_FILES),
             "built_by": f"char-lstm-toolkit {__version__}",
         }
         (staging / SITE_MARKER).write_text(json.dumps(site_info, indent=2) + "\n")
+        version = add_app_files(staging, manifest.name, web_dir)
         total = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
         _swap_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Site(out_dir, variants, default, ort_version, total)
+    return Site(out_dir, variants, default, ort_version, total, version=version)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -189,7 +201,7 @@ def _build_c_site(
         files = read_c_files(model_dir, manifest)
     except ModelFileError as exc:
         raise WebError(str(exc)) from None
-    if not all((web_dir / "src" / name).exists() for name in (*PAGE_FILES, *C_PAGE_FILES)):
+    if not all((web_dir / "src" / name).exists() for name in (*PAGE_FILES, *C_PAGE_FILES, SW_FILE)):
         raise WebError(
             f"{web_dir / 'src'} is missing the page: `toolkit web` needs the repository's web/ "
             "folder (run it from a clone of char-lstm-toolkit)"
@@ -203,6 +215,7 @@ def _build_c_site(
         staging.chmod(0o755)  # mkdtemp makes 0700; a site is for web servers to read
         for name in (*PAGE_FILES, *C_PAGE_FILES):
             shutil.copy2(web_dir / "src" / name, staging / name)
+        _copy_regexpp(web_dir, staging, log)
         (staging / "model").mkdir()
         (staging / "model" / WASM_FILE).write_bytes(wasm)
         # The page reads the model's name, shape and vocabulary here; the wasm is site.json's.
@@ -227,11 +240,19 @@ def _build_c_site(
             "built_by": f"char-lstm-toolkit {__version__}",
         }
         (staging / SITE_MARKER).write_text(json.dumps(site_info, indent=2) + "\n")
+        version = add_app_files(staging, manifest.name, web_dir)
         total = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
         _swap_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Site(out_dir, {"int8": WASM_FILE}, "int8", "", total, engine="c")
+    return Site(out_dir, {"int8": WASM_FILE}, "int8", "", total, engine="c", version=version)
+
+
+def _copy_regexpp(web_dir: Path, staging: Path, log: Callable[[str], None]) -> None:
+    if (web_dir / REGEXPP).exists():
+        shutil.copy2(web_dir / REGEXPP, staging / REGEXPP_FILE)
+    else:
+        log(f"no Pattern field on this page: run npm ci --prefix {web_dir} for the regex parser")
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
@@ -259,6 +280,7 @@ class _SiteHandler(http.server.SimpleHTTPRequestHandler):
         ".wasm": "application/wasm",
         ".onnx": "application/octet-stream",
         ".json": "application/json",
+        ".webmanifest": "application/manifest+json",
     }
 
     def log_message(self, format: str, *args: object) -> None:

@@ -5,7 +5,7 @@
 // A backend is { vocab, zeroState(), async step(token, state) -> { logits, state } }: the
 // state is opaque here (onnxruntime tensors in the page, arrays in the tests).
 
-import { checkSamplingArgs, endsWith, safeLength, sampleNext, seededRandom } from "./sampler.js";
+import { argmax, checkSamplingArgs, endsWith, safeLength, sampleNext, seededRandom } from "./sampler.js";
 
 // Fed when the prompt is empty: text starts after a line break, so the model begins a line.
 const START_CANDIDATES = ["\n", " "];
@@ -59,15 +59,37 @@ export class Generator {
   }
 }
 
+/**
+ * The next token under a pattern, or -1 to end the match. In a state that is not accepting,
+ * the distribution is renormalised over the allowed characters (masked before temperature's
+ * softmax, so before top-k/top-p); in an accepting state, ending is one more choice: a draw
+ * from the whole distribution that falls outside the allowed characters ends the match.
+ */
+export function constrainedNext(logits, pattern, state, remaining, options, draw) {
+  const allowed = pattern.allowed(state, remaining);
+  if (!allowed.includes(1)) return -1;
+  if (pattern.accepting[state]) {
+    const token = sampleNext(logits, options, draw);
+    return allowed[token] ? token : -1;
+  }
+  const masked = Float64Array.from(logits, (x, i) => (allowed[i] ? x : -Infinity));
+  const token = sampleNext(masked, options, draw);
+  return allowed[token] ? token : argmax(masked); // a draw of exactly 0 lands on token 0
+}
+
 export class Session {
   constructor(generator) {
     this.generator = generator;
     this.state = generator.backend.zeroState();
     this.logits = null;
     this.steps = 0;
+    // onStep(token, logits): called as each token is read, with the logits that predicted it
+    // (null for the first); the page's surprisal view listens here.
+    this.onStep = null;
   }
 
   async step(token) {
+    this.onStep?.(token, this.logits);
     const out = await this.generator.backend.step(token, this.state);
     this.logits = out.logits;
     this.state = out.state;
@@ -83,6 +105,7 @@ export class Session {
    * Sample up to `length` characters from the kept state. `onText(chars)` streams them (a
    * tail that could still turn into `stop` is held back); `shouldStop()` ends early (the
    * Stop button); `pause()` is awaited every `pauseEvery` characters so a page can paint.
+   * `pattern` (pattern.js): the text is a full match of it, complete within `length`.
    */
   async sample({
     length = 200,
@@ -90,6 +113,7 @@ export class Session {
     topK = 0,
     topP = 1,
     stop = null,
+    pattern = null,
     seed = null,
     random = null,
     onText = null,
@@ -103,13 +127,22 @@ export class Session {
     checkSamplingArgs({ temperature, topK, topP });
     const draw = random ?? (seed === null || seed === undefined ? Math.random : seededRandom(seed));
     if (this.logits === null) await this.feed(this.generator.startText);
+    pattern?.checkLength(length);
+    let matched = 0; // the pattern's state
     const stopChars = Array.from(stop ?? "");
     const chars = this.generator.chars;
     const out = [];
     let streamed = 0;
     let done = false;
     for (let i = 0; i < length; i++) {
-      const token = sampleNext(this.logits, { temperature, topK, topP }, draw);
+      let token;
+      if (pattern) {
+        token = constrainedNext(this.logits, pattern, matched, length - i, { temperature, topK, topP }, draw);
+        if (token < 0) break; // the match ends here
+        matched = pattern.next(matched, token);
+      } else {
+        token = sampleNext(this.logits, { temperature, topK, topP }, draw);
+      }
       out.push(chars[token]);
       if (stopChars.length && endsWith(out, stopChars)) {
         out.length -= stopChars.length;
