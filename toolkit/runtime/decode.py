@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import UsageError
+from toolkit.runtime.pattern import Pattern, compile_choice, compile_regex
 from toolkit.runtime.sampling import OneDraw, RowsDraw, draw_filtered, overflow_detected
 from toolkit.runtime.stop import stop_table
 from toolkit.vocabulary import Vocabulary
 
-__all__ = ["DecodeOptions", "Decoder", "Group", "Row", "overflow_detected"]
+__all__ = ["DecodeOptions", "Decoder", "Group", "Row", "overflow_detected", "score_tokens"]
 
 Index = np.ndarray | slice  # positions in the batch: a slice when they are every row
 
@@ -55,6 +56,15 @@ class DecodeOptions:
     stop: tuple[str, ...] = ()  # the text ends before the first of these to appear
     seed: int | None = None
     n: int = 1  # rows (texts) decoded from the same prompt
+    # Controls, each a stage applied to a row's logits before the draw (OpenAI's semantics).
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, -100...100) added to its logit
+    presence_penalty: float = 0.0  # -2...2, off each character already generated
+    frequency_penalty: float = 0.0  # -2...2, times how often it was generated
+    regex: str | None = None  # the text must match this in full ...
+    choice: tuple[str, ...] = ()  # ... or be one of these
+    # Per character drawn: its log-probability and the `logprobs` most likely characters'
+    # (the model's distribution: log-softmax of the raw logits, before any stage or filter).
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.length < 0:
@@ -69,6 +79,32 @@ class DecodeOptions:
             raise UsageError(f"num-samples must be >= 1, got {self.n}")
         if any(not s for s in self.stop):
             raise UsageError("a stop string must not be empty")
+        for token, bias in self.logit_bias:
+            if token < 0:
+                raise UsageError(f"logit bias: token ids are >= 0, got {token}")
+            if not -100 <= bias <= 100:
+                raise UsageError(f"logit bias must be in [-100, 100], got {bias} for {token}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2 <= value <= 2:
+                raise UsageError(f"{name.replace('_', ' ')} must be in [-2, 2], got {value}")
+        if self.regex is not None and self.choice:
+            raise UsageError("give a regex or a choice list, not both")
+        if self.choice and any(not c for c in self.choice):
+            raise UsageError("a choice must not be empty")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise UsageError(f"logprobs must be in [0, 20], got {self.logprobs}")
+
+    @property
+    def controlled(self) -> bool:
+        """Some stage changes the logits before the draw."""
+        return bool(
+            self.logit_bias
+            or self.presence_penalty
+            or self.frequency_penalty
+            or self.regex is not None
+            or self.choice
+        )
 
     @property
     def greedy(self) -> bool:
@@ -97,6 +133,16 @@ class Group:
         self.rng = rng if rng is not None else np.random.default_rng(options.seed)
         # Per stop string: its automaton's rows (state, token -> state) and its length.
         self.stops = [(stop_table(s, vocab.chars).tolist(), len(s)) for s in options.stop]
+        self.pattern = compile_pattern(options, vocab)
+        self.bias: np.ndarray | None = None  # float32 [vocab]
+        if options.logit_bias:
+            self.bias = np.zeros(len(vocab), np.float32)
+            for token, bias in options.logit_bias:
+                if token >= len(vocab):
+                    raise UsageError(
+                        f"logit bias: token id {token} is not in the vocabulary (0-{len(vocab) - 1})"
+                    )
+                self.bias[token] = bias
         self.block = UNIFORM_BLOCK
         self._uniforms = np.empty((0, self.n))
         self._floats: list[float] = []  # n == 1: the block as Python floats
@@ -141,7 +187,18 @@ class Row:
     """One text being decoded: its group, which of the group's uniforms it takes, the token
     ids drawn, how many were handed out, its stop automata's states and the characters left."""
 
-    __slots__ = ("choice", "finish", "group", "out", "remaining", "sent", "stop_states")
+    __slots__ = (
+        "choice",
+        "counts",
+        "finish",
+        "group",
+        "logprobs",
+        "out",
+        "remaining",
+        "sent",
+        "state",
+        "stop_states",
+    )
 
     def __init__(self, group: Group, choice: int) -> None:
         self.group = group
@@ -153,18 +210,26 @@ class Row:
         self.remaining = group.options.length
         # "stop" or "length" once it ended
         self.finish: str | None = None if self.remaining else "length"
+        self.state = group.pattern.start if group.pattern is not None else 0  # its automaton's
+        # How often each character was generated (the penalties): float32 [vocab], made by
+        # the decoder's first controlled step.
+        self.counts: np.ndarray | None = None
+        # Per character in `out`: its log-probability and the top alternatives (token, lp).
+        self.logprobs: list[tuple[float, list[tuple[int, float]]]] = []
 
     @property
     def held(self) -> int:
         """Characters at the end of `out` that may be the start of a stop string."""
         return max(self.stop_states, default=0)
 
-    def take(self) -> list[int]:
-        """The ids not yet handed out that are safe to show (all of them once it ended)."""
+    def take(self) -> tuple[int, list[int]]:
+        """The ids not yet handed out that are safe to show (all of them once it ended), and
+        where they start in `out`."""
         upto = len(self.out) if self.finish is not None else len(self.out) - self.held
-        ids = self.out[self.sent : upto]
-        self.sent = max(self.sent, upto)
-        return ids
+        start = self.sent
+        ids = self.out[start:upto]
+        self.sent = max(start, upto)
+        return start, ids
 
 
 @dataclass
@@ -176,6 +241,8 @@ class _Plan:
     filtered: list[tuple[Index, DecodeOptions]]  # top-k / top-p rows sharing options
     sources: list[tuple[Group, Index, Index]]  # group, its positions, their choices
     stops: list[tuple[int, Row]]  # (position, row) of rows with stop strings
+    controlled: list[tuple[int, Row]]  # rows with a pattern, logit bias or penalties
+    scored: list[tuple[int, Row]]  # rows whose log-probabilities are kept
     uniforms: np.ndarray  # float64 [rows]
     tokens: np.ndarray  # int32 [rows]
     # Characters each row had left when the plan was made, and steps since: a row ends on
@@ -228,8 +295,14 @@ class Decoder:
     def step(self, logits: np.ndarray) -> np.ndarray:
         """Draw one character for every row from its [rows, vocab] logits: int32 [rows]
         (a row that has ended draws too, and its character is dropped). `ended` then holds
-        the positions of the rows that ended with this character."""
+        the positions of the rows that ended with this character (or, for a pattern that
+        may end there, instead of it)."""
         plan = self._plan = self._plan or self._make_plan()
+        ended: list[int] = []
+        self.ended = ended
+        raw, may_end = logits, list[tuple[int, np.ndarray]]()
+        if plan.controlled:
+            logits, may_end = self._control(logits, plan, ended)
         u, tokens = plan.uniforms, plan.tokens
         for group, positions, choices in plan.sources:
             u[positions] = group.uniforms()[choices]
@@ -242,10 +315,23 @@ class Decoder:
             tokens[positions] = draw_filtered(
                 logits[positions], u[positions], o.temperature, o.top_k, o.top_p
             )
-        self.ended = ended = []
+        for position, allowed in may_end:  # a character that cannot continue: the match ends
+            if not allowed[tokens[position]]:
+                self.rows[position].finish = "stop"
+                ended.append(position)
+        if plan.scored:
+            self._score(raw, plan, tokens)
         for row, token in zip(self.rows, tokens.tolist(), strict=True):
             if row.finish is None:
                 row.out.append(token)
+        if plan.controlled:
+            for position, row in plan.controlled:
+                if row.finish is None:
+                    token = int(tokens[position])
+                    if row.group.pattern is not None:
+                        row.state = int(row.group.pattern.table[row.state, token])
+                    if row.counts is not None:
+                        row.counts[token] += 1
         for position, row in plan.stops:
             if row.finish is None and _stopped(row):
                 row.finish = "stop"
@@ -264,10 +350,54 @@ class Decoder:
             self.open -= len(ended)
         return tokens
 
+    def _control(
+        self, logits: np.ndarray, plan: _Plan, ended: list[int]
+    ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+        """The controlled rows' logits after their stages, in a copy: logit bias, then the
+        penalties, then the pattern. In a state that is not accepting, characters that would
+        leave the pattern (or not finish it within the characters left) are masked out; in
+        an accepting state nothing is masked, and drawing a character that cannot continue
+        ends the match (returned, with the allowed set, for after the draw). A row whose
+        pattern cannot continue at all ends here."""
+        logits = logits.copy()
+        may_end: list[tuple[int, np.ndarray]] = []
+        for position, row in plan.controlled:
+            if row.finish is not None:
+                continue
+            group, o, z = row.group, row.group.options, logits[position]
+            if group.bias is not None:
+                z += group.bias
+            if o.presence_penalty or o.frequency_penalty:
+                if row.counts is None:
+                    row.counts = np.zeros(self.vocab_size, np.float32)
+                z -= o.frequency_penalty * row.counts + o.presence_penalty * (row.counts > 0)
+            pattern = group.pattern
+            if pattern is None:
+                continue
+            allowed = pattern.allowed(row.state, int(plan.left[position]) - plan.steps)
+            if not pattern.accepting[row.state]:
+                z[~allowed] = -np.inf
+            elif allowed.any():
+                may_end.append((position, allowed))
+            else:
+                row.finish = "stop"
+                ended.append(position)
+        return logits, may_end
+
+    def _score(self, logits: np.ndarray, plan: _Plan, tokens: np.ndarray) -> None:
+        """Each scored row's log-probability of its character and its most likely ones."""
+        positions = np.array([p for p, _ in plan.scored])
+        tops = [row.group.options.logprobs or 0 for _, row in plan.scored]
+        scores = score_tokens(logits[positions], tokens[positions], tops)
+        for (_, row), score in zip(plan.scored, scores, strict=True):
+            if row.finish is None:
+                row.logprobs.append(score)
+
     def step_one(self, logits: np.ndarray) -> int:
         """`step` for a lone row, the token as a Python int."""
         plan = self._plan = self._plan or self._make_plan()
-        assert plan.one is not None
+        if plan.one is None:  # a controlled or scored row: the stages of `step`
+            return int(self.step(logits)[0])
         token = plan.one(logits)
         row = self.rows[0]
         if self.ended:
@@ -322,11 +452,13 @@ class Decoder:
             filtered=[(_positions(p, n), o) for o, p in by_options.items()],
             sources=sources,  # type: ignore[arg-type]
             stops=[(i, row) for i, row in enumerate(rows) if row.stop_states],
+            controlled=[(i, row) for i, row in enumerate(rows) if row.group.options.controlled],
+            scored=[(i, r) for i, r in enumerate(rows) if r.group.options.logprobs is not None],
             uniforms=np.zeros(n),
             tokens=np.zeros(n, np.int32),
             left=left,
             next_end=min(open_left, default=-1),
-            one=self._one_draw(rows[0]) if n == 1 else None,
+            one=self._one_draw(rows[0]) if n == 1 and _simple(rows[0]) else None,
         )
 
     def _one_draw(self, row: Row) -> Callable[[np.ndarray], int]:
@@ -349,19 +481,63 @@ class Decoder:
 
     # ----------------------------------------------------------------- text
 
-    def flush(self) -> list[tuple[int, str]]:
-        """Each row's new text that is safe to show: (position, text) for rows that have
-        some. Characters that may be the start of a stop string are held back."""
+    def flush(self) -> list[tuple[int, str, int]]:
+        """Each row's new text that is safe to show: (position, text, where the text starts
+        in the row's characters) for rows that have some. Characters that may be the start
+        of a stop string are held back."""
         out = []
         for i, row in enumerate(self.rows):
             if len(row.out) > row.sent:
-                ids = row.take()
+                start, ids = row.take()
                 if ids:
-                    out.append((i, self.vocab.decode(ids)))
+                    out.append((i, self.vocab.decode(ids), start))
         return out
 
     def text(self, row: Row) -> str:
         return self.vocab.decode(row.out)
+
+
+def _simple(row: Row) -> bool:
+    """A row with no stage before the draw and no scores: the lone-row fast path serves it."""
+    o = row.group.options
+    return not o.controlled and o.logprobs is None
+
+
+def compile_pattern(options: DecodeOptions, vocab: Vocabulary) -> Pattern | None:
+    """The options' regex or choice list as an automaton over the vocabulary (cached), or
+    None; a PatternError when it cannot match within the length."""
+    if options.regex is None and not options.choice:
+        return None
+    if options.regex is not None:
+        pattern = compile_regex(options.regex, vocab.chars)
+    else:
+        pattern = compile_choice(options.choice, vocab.chars)
+    pattern.check_length(options.length)
+    return pattern
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 [rows, vocab]: the model's log-probabilities (temperature 1, no filter)."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return z
+
+
+Score = tuple[float, list[tuple[int, float]]]  # a character's log-probability, top (id, lp)
+
+
+def score_tokens(logits: np.ndarray, tokens: np.ndarray, tops: Sequence[int]) -> list[Score]:
+    """Per row of [rows, vocab] logits: the log-probability of its token and its `tops[row]`
+    most likely tokens with theirs (the model's distribution: no temperature or filter)."""
+    lp = log_softmax(logits)
+    chosen = lp[np.arange(len(tokens)), tokens].tolist()
+    order = np.argsort(-lp, axis=1, kind="stable")[:, : max(tops, default=0)]
+    scores = []
+    for k, top in enumerate(tops):
+        ids = order[k, :top].tolist()
+        scores.append((chosen[k], list(zip(ids, lp[k, ids].tolist(), strict=True))))
+    return scores
 
 
 def _stopped(row: Row) -> bool:
@@ -374,6 +550,7 @@ def _stopped(row: Row) -> bool:
             hit = length
     if hit:
         del row.out[len(row.out) - hit :]
+        del row.logprobs[len(row.out) :]
         row.sent = min(row.sent, len(row.out))
     return bool(hit)
 

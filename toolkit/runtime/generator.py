@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 from toolkit.config import ModelConfig
 from toolkit.errors import ModelFileError, UsageError, first_line
 from toolkit.runtime.backends import RUNTIMES, open_backend
-from toolkit.runtime.decode import DecodeOptions, Decoder, Group
+from toolkit.runtime.decode import DecodeOptions, Decoder, Group, Row
 from toolkit.runtime.manifest import VARIANTS, Manifest
 from toolkit.runtime.sampling import overflow_detected
 from toolkit.runtime.step import ArrayStepper, StepBackend, Stepper, make_stepper
@@ -42,6 +42,9 @@ class GenerationResult:
     elapsed_s: float
     chars_generated: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # With DecodeOptions.logprobs: per text, per character, its log-probability and the most
+    # likely characters' ({character: log-probability}).
+    logprobs: list[list[CharLogprob]] | None = None
 
     @property
     def chars_per_sec(self) -> float:
@@ -57,8 +60,25 @@ class GenerationResult:
             "elapsed_s": round(self.elapsed_s, 6),
             "chars_generated": self.chars_generated,
             "chars_per_sec": round(self.chars_per_sec, 1),
+            **({"logprobs": self.logprobs} if self.logprobs is not None else {}),
             **self.extra,
         }
+
+
+CharLogprob = dict[str, Any]  # {"char", "logprob", "top_logprobs": {char: logprob}}
+
+
+def char_logprobs(vocab: Vocabulary, row: Row) -> list[CharLogprob]:
+    """A decoded row's log-probabilities, one entry per character of its text."""
+    chars = vocab.chars
+    return [
+        {
+            "char": chars[token],
+            "logprob": lp,
+            "top_logprobs": {chars[t]: v for t, v in top},
+        }
+        for token, (lp, top) in zip(row.out, row.logprobs, strict=True)
+    ]
 
 
 class Session:
@@ -72,6 +92,8 @@ class Session:
         self.c = np.zeros(shape, np.float32)
         self.logits: np.ndarray | None = None
         self.first_char_at: float | None = None  # set by sample(): when text was first ready
+        # Set by sample() when its options ask for log-probabilities: per row (char_logprobs).
+        self.logprobs: list[list[CharLogprob]] | None = None
 
     def _step(self, tokens: np.ndarray) -> None:
         self.logits, self.h, self.c = self.generator.backend.step(tokens, self.h, self.c)
@@ -147,6 +169,10 @@ class Session:
             self.h, self.c = stepper.state()
         if on_text is not None:
             self._hand_over(decoder, on_text, last=True)
+        vocab = self.generator.vocab
+        self.logprobs = None
+        if options.logprobs is not None:
+            self.logprobs = [char_logprobs(vocab, row) for row in decoder.rows]
         return [decoder.text(row) for row in decoder.rows]
 
     def _hand_over(
@@ -155,7 +181,7 @@ class Session:
         if last:
             for row in decoder.rows:
                 row.finish = row.finish or "length"
-        for position, text in decoder.flush():
+        for position, text, _ in decoder.flush():
             if self.first_char_at is None:
                 self.first_char_at = time.perf_counter()
             on_text(position, text)
@@ -229,13 +255,37 @@ class Generator:
         unknown: str = "error",
         on_text: Callable[[int, str], None] | None = None,
         options: DecodeOptions | None = None,
+        regex: str | None = None,
+        choice: Sequence[str] = (),
+        logit_bias: Mapping[int, float] | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logprobs: int | None = None,
     ) -> GenerationResult:
         """Warm the state with `prompt`, then sample `num_samples` texts in one batch.
+
+        `regex` / `choice`: the text matches the pattern (or is one of the strings) in full,
+        within `length`; `logit_bias` {token id: -100..100}; `presence_penalty` and
+        `frequency_penalty` (-2..2) over the generated characters; `logprobs`: keep each
+        character's log-probability and the N most likely ones (`result.logprobs`).
         `options` (a DecodeOptions, as the CLI and the server build it) replaces the loose
         arguments when given."""
         if options is None:
-            stops = (stop,) if stop else ()
-            options = DecodeOptions(length, temperature, top_k, top_p, stops, seed, num_samples)
+            options = DecodeOptions(
+                length,
+                temperature,
+                top_k,
+                top_p,
+                (stop,) if stop else (),
+                seed,
+                num_samples,
+                logit_bias=tuple(sorted((logit_bias or {}).items())),
+                presence_penalty=presence_penalty,
+                frequency_penalty=frequency_penalty,
+                regex=regex,
+                choice=tuple(choice),
+                logprobs=logprobs,
+            )
         rng = np.random.default_rng(options.seed)
         t0 = time.perf_counter()
         session = self.session(options.n)
@@ -252,6 +302,7 @@ class Generator:
             ),
             elapsed_s=elapsed,
             chars_generated=sum(len(t) for t in texts),
+            logprobs=session.logprobs,
         )
 
 

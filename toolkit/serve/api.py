@@ -15,7 +15,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pydantic import ValidationError as PydanticValidationError
 
 from toolkit.errors import UsageError, first_line
-from toolkit.runtime.decode import DecodeOptions
+from toolkit.runtime.decode import DecodeOptions, Group, Score
 from toolkit.serve.engine import Engine, Event, NotAccepting, QueueFull, Request, deliver_each
 from toolkit.serve.model import ServedModel, ServeLimits
 from toolkit.serve.state_token import StateTokenError, StreamState
@@ -58,6 +58,14 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs`: the text matches `regex` in full, or is one of `choice`."""
+
+    model_config = ConfigDict(extra="forbid")
+    regex: StrictStr | None = None
+    choice: list[StrictStr] | None = None
+
+
 class CompletionBody(BaseModel):
     """POST /v1/completions. Lengths are in characters (a token is a character here)."""
 
@@ -78,13 +86,18 @@ class CompletionBody(BaseModel):
     # Beyond OpenAI's API: the stream's state as a token, and continuing from one.
     return_state: StrictBool = False
     state: StrictStr | None = None
+    # Per character: its log-probability and the `logprobs` most likely (OpenAI's shape).
+    logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # {token id as a string: -100...100}
+    # Pattern constraints as vLLM takes them (and its older fields).
+    structured_outputs: StructuredOutputs | None = None
+    guided_regex: StrictStr | None = None
+    guided_choice: list[StrictStr] | None = None
     # OpenAI parameters this server does not implement: refused unless left at their default.
-    logprobs: Literal[None] = None
     suffix: Literal[None] = None
     best_of: StrictInt | None = None
-    presence_penalty: Literal[0, None] = None
-    frequency_penalty: Literal[0, None] = None
-    logit_bias: dict[str, Any] | None = None
 
 
 @dataclass
@@ -259,8 +272,6 @@ class Server:
             raise invalid(f"n must be at most {min(limits.max_n, limits.max_batch)}, got {body.n}")
         if body.best_of is not None and body.best_of != body.n:
             raise invalid("best_of is not supported (leave it out, or equal to n)")
-        if body.logit_bias:
-            raise invalid("logit_bias is not supported")
         stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         if len(stops) > limits.max_stops or any(not 0 < len(s) <= 100 for s in stops):
             raise invalid(f"stop: at most {limits.max_stops} strings of 1 to 100 characters")
@@ -287,18 +298,7 @@ class Server:
                 start = model.codec.decode(body.state)
             except StateTokenError as exc:
                 raise invalid(f"state: {exc}", "invalid_state") from None
-        try:
-            options = DecodeOptions(
-                length=body.max_tokens,
-                temperature=body.temperature,
-                top_k=max(body.top_k, 0),
-                top_p=body.top_p,
-                stop=stops,
-                seed=body.seed,
-                n=body.n,
-            )
-        except UsageError as exc:
-            raise invalid(str(exc)) from None
+        options = self.decode_options(body, stops)
         queue: asyncio.Queue[tuple[int, list[Event]]] = asyncio.Queue()
 
         def deliver_to(base: int) -> Callable[[Request, list[Event]], None]:
@@ -321,11 +321,47 @@ class Server:
                     options=options,
                     start=start,
                     return_state=body.return_state,
+                    prompt_logprobs=body.echo and body.logprobs is not None,
                     timeout_s=limits.request_timeout_s,
                     deliver=deliver_to(i * body.n),
                 )
             )
         return Prepared(body, prompts, requests, queue)
+
+    def decode_options(self, body: CompletionBody, stops: tuple[str, ...]) -> DecodeOptions:
+        """The request's DecodeOptions (checked there, once); a pattern is compiled here, so
+        that a bad one is this request's 422 before it is queued (compiled patterns are
+        cached and shared across requests)."""
+        regex, choice = body.guided_regex, body.guided_choice
+        if body.structured_outputs is not None:
+            regex = body.structured_outputs.regex or regex
+            choice = body.structured_outputs.choice or choice
+        bias = []
+        for key, value in (body.logit_bias or {}).items():
+            if not key.strip().lstrip("-").isdigit():
+                raise invalid(f"logit_bias: keys are token ids (see /v1/models), got {key!r}")
+            bias.append((int(key), value))
+        try:
+            options = DecodeOptions(
+                length=body.max_tokens,
+                temperature=body.temperature,
+                top_k=max(body.top_k, 0),
+                top_p=body.top_p,
+                stop=stops,
+                seed=body.seed,
+                n=body.n,
+                logit_bias=tuple(sorted(bias)),
+                presence_penalty=body.presence_penalty or 0.0,
+                frequency_penalty=body.frequency_penalty or 0.0,
+                regex=regex,
+                choice=tuple(choice or ()),
+                logprobs=body.logprobs,
+            )
+            Group(options, self.model.vocab)  # the pattern and the bias's ids, checked now
+        except UsageError as exc:
+            code = "invalid_pattern" if regex or choice else "invalid_value"
+            raise invalid(str(exc), code) from None
+        return options
 
     def submit(self, prepared: Prepared) -> None:
         engine = self.engine
@@ -464,6 +500,28 @@ async def _read_json(request: HttpRequest, max_bytes: int) -> Any:
         ) from None
 
 
+def logprobs_shape(
+    chars: tuple[str, ...], text: str, scores: Sequence[Score | None], offset: int
+) -> dict[str, Any]:
+    """OpenAI's completions `logprobs` for `text` (a token is a character): each one's
+    log-probability (null where nothing predicts it), the most likely characters at each
+    place with theirs (the drawn one included, as OpenAI does), and offsets into the text."""
+    tops: list[dict[str, float] | None] = []
+    for ch, score in zip(text, scores, strict=True):
+        if score is None:
+            tops.append(None)
+            continue
+        top = {chars[t]: lp for t, lp in score[1]}
+        top.setdefault(ch, score[0])
+        tops.append(top)
+    return {
+        "tokens": list(text),
+        "token_logprobs": [None if score is None else score[0] for score in scores],
+        "top_logprobs": tops,
+        "text_offset": list(range(offset, offset + len(text))),
+    }
+
+
 async def _complete(
     server: Server, prepared: Prepared, meta: dict[str, Any], http: HttpRequest
 ) -> Response:
@@ -471,10 +529,12 @@ async def _complete(
     watcher = asyncio.create_task(_watch_disconnect(http.receive, lambda: server.cancel(prepared)))
     n_choices = len(prepared.requests) * prepared.body.n
     texts = ["" for _ in range(n_choices)]
+    scores: list[list[Score | None]] = [[] for _ in range(n_choices)]
     choices: list[dict[str, Any]] = [{} for _ in range(n_choices)]
     try:
         async for index, event in server.events(prepared):
             texts[index] += event.text
+            scores[index] += event.logprobs or []
             if event.finish_reason is not None:
                 choices[index] = {
                     "index": index,
@@ -485,42 +545,73 @@ async def _complete(
                 }
     finally:
         watcher.cancel()
-    n = prepared.body.n
+    body, n, chars = prepared.body, prepared.body.n, server.model.vocab.chars
     for index, choice in enumerate(choices):
-        prefix = prepared.prompts[index // n] if prepared.body.echo else ""
+        request = prepared.requests[index // n]
+        prefix = prepared.prompts[index // n] if body.echo else ""
         choice["text"] = prefix + texts[index]
+        if body.logprobs is not None:
+            before = _prompt_scores(request, prefix)
+            shown = choice["text"]
+            choice["logprobs"] = logprobs_shape(chars, shown, [*before, *scores[index]], 0)
     generated = sum(len(t) for t in texts)
     return JSONResponse({**meta, "choices": choices, "usage": server.usage(prepared, generated)})
 
 
 async def _sse(server: Server, prepared: Prepared, meta: dict[str, Any]) -> AsyncIterator[bytes]:
     """Server-Sent Events: a chunk per flush of each choice's new text, a last chunk with its
-    finish_reason, usage if asked for, then [DONE]. The fields every chunk repeats are
-    rendered once."""
-    n = prepared.body.n
+    finish_reason, usage if asked for, then [DONE]. With echo, a request's prompt comes first
+    (once it is fed, so that it carries its log-probabilities). The fields every chunk
+    repeats are rendered once."""
+    body, n, chars = prepared.body, prepared.body.n, server.model.vocab.chars
     generated = 0
     head = b"data: " + json.dumps({**meta, "choices": []}, ensure_ascii=False).encode()[:-3]
-    if prepared.body.echo:
-        echoed = [
-            {"index": i, "text": prepared.prompts[i // n], "logprobs": None, "finish_reason": None}
-            for i in range(len(prepared.requests) * n)
-        ]
-        yield _event({**meta, "choices": echoed})
+    echoed: set[int] = set()
     dumps = json.JSONEncoder(ensure_ascii=False).encode
     async for index, event in server.events(prepared):
+        which = index // n
+        prompt = prepared.prompts[which] if body.echo else ""
+        if body.echo and which not in echoed:
+            echoed.add(which)
+            scores = _prompt_scores(prepared.requests[which], prompt)
+            echo = [
+                {
+                    "index": which * n + k,
+                    "text": prompt,
+                    "logprobs": (
+                        logprobs_shape(chars, prompt, scores, 0)
+                        if body.logprobs is not None
+                        else None
+                    ),
+                    "finish_reason": None,
+                }
+                for k in range(n)
+            ]
+            yield _event({**meta, "choices": echo})
         generated += len(event.text)
+        logprobs = None
+        if body.logprobs is not None:
+            offset = len(prompt) + event.offset
+            logprobs = logprobs_shape(chars, event.text, event.logprobs or [], offset)
         choice = {
             "index": index,
             "text": event.text,
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": event.finish_reason,
             **server.choice_extra(event),
         }
         yield head + b"[" + dumps(choice).encode() + b"]}\n\n"
-    options = prepared.body.stream_options
+    options = body.stream_options
     if options is not None and options.include_usage:
         yield _event({**meta, "choices": [], "usage": server.usage(prepared, generated)})
     yield b"data: [DONE]\n\n"
+
+
+def _prompt_scores(request: Request, prompt: str) -> list[Score | None]:
+    """The scores of the echoed prompt's characters (an empty prompt is fed a line break,
+    which is not echoed)."""
+    scores = request.prompt_scores
+    return scores[len(scores) - len(prompt) :] if prompt else []
 
 
 def _event(data: dict[str, Any]) -> bytes:

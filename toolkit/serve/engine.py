@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from toolkit.runtime import decode
-from toolkit.runtime.decode import DecodeOptions, Decoder, Group, overflow_detected
+from toolkit.runtime.decode import (
+    DecodeOptions,
+    Decoder,
+    Group,
+    Score,
+    overflow_detected,
+    score_tokens,
+)
 from toolkit.runtime.step import StepBackend
 from toolkit.serve.state_token import StreamState
 from toolkit.vocabulary import Vocabulary
@@ -56,6 +63,10 @@ class Event:
     text: str
     finish_reason: str | None = None
     state: StreamState | None = None  # with return_state, on the choice's last event
+    # With options.logprobs: one score per character of `text` (decode.Score), and where
+    # `text` starts among the choice's characters.
+    logprobs: list[Score] | None = None
+    offset: int = 0
 
 
 @dataclass
@@ -68,6 +79,7 @@ class Request:
     options: DecodeOptions
     start: StreamState | None = None  # continue from a state token
     return_state: bool = False
+    prompt_logprobs: bool = False  # score the prompt's characters (echo with logprobs)
     timeout_s: float = math.inf
     deliver: Callable[[Request, list[Event]], None] = lambda request, events: None
     # Filled in by the engine.
@@ -79,6 +91,9 @@ class Request:
     chars: int = 0  # characters kept over all its choices, counted as each choice ends
     open_choices: int = 0
     group: Group | None = None  # its rows' decoder group (options and random stream)
+    # With prompt_logprobs, once the prompt is fed: a score per prompt character, None for
+    # the first (nothing predicts it), as OpenAI's echo gives.
+    prompt_scores: list[Score | None] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -356,13 +371,15 @@ class Engine:
             if start is not None:
                 rng.bit_generator.state = start.rng_state
                 h, c, logits = start.h, start.c, start.logits
-            elif (cached := self.cache.get(tuple(request.prompt_ids))) is not None:
+            elif not request.prompt_logprobs and (
+                (cached := self.cache.get(tuple(request.prompt_ids))) is not None
+            ):
                 h, c, logits = cached
                 self.stats.cache_hits += 1
             request.group = Group(request.options, self.vocab, rng, owner=request)
             self.running.append(request)
             if request.prompt_ids and (start is not None or logits is None):
-                joining.append((Row(request, -1, request.prompt_ids[::-1]), h, c, None))
+                joining.append((Row(request, -1, request.prompt_ids[::-1]), h, c, logits))
             elif request.max_tokens == 0:
                 assert logits is not None
                 self._end_at_once(request, h, c, logits)
@@ -431,8 +448,12 @@ class Engine:
                     state = _stream_state(request, self.h[:, i], self.c[:, i], self.logits[i])
                 decoding = row.decoding
                 decoding.finish = decoding.finish or reason  # the rest is handed over whole
-                text = self.vocab.decode(decoding.take())
-                events = [Event(row.choice, text, reason, state)]
+                start, ids = decoding.take()
+                text = self.vocab.decode(ids)
+                event = Event(row.choice, text, reason, state, offset=start)
+                if request.options.logprobs is not None:
+                    event.logprobs = decoding.logprobs[start : start + len(ids)]
+                events = [event]
                 request.chars += len(decoding.out)
                 request.open_choices -= 1
             request.deliver(request, events)
@@ -474,6 +495,9 @@ class Engine:
         feeding_last = False
         if len(plan.sampling):
             ending, feeding_last = self._draw(plan, tokens)
+        scoring = [(i, row) for i, row in plan.prompts if row.request.prompt_logprobs]
+        if scoring:
+            self._score_prompts(scoring)
         for i, row in plan.prompts:
             tokens[i] = row.pending.pop()
         if ending:  # rows that ended on this draw and need no last step
@@ -498,6 +522,20 @@ class Engine:
         forks = [row for _, row in plan.prompts if not row.pending]
         if forks:
             self._fork(forks)
+
+    def _score_prompts(self, rows: list[tuple[int, Row]]) -> None:
+        """Before feeding its next character, each scoring prompt pass records how likely
+        the logits it has found that character (none for a first character fed from the
+        zero state: nothing predicts it)."""
+        for i, row in rows:
+            request = row.request
+            first = len(request.prompt_scores) == 0 and request.start is None
+            if first:
+                request.prompt_scores.append(None)
+                continue
+            token = np.array([row.pending[-1]], np.int32)
+            top = request.options.logprobs or 0
+            request.prompt_scores.append(score_tokens(self.logits[i : i + 1], token, [top])[0])
 
     def _draw(self, plan: _Plan, tokens: np.ndarray) -> tuple[list[int], bool]:
         """The decoder draws for the plan's rows into `tokens`. The positions of the rows that
@@ -560,10 +598,13 @@ class Engine:
         """Hand each request the text its choices produced since the last flush (the
         decoder holds back characters that may be the start of a stop string)."""
         events: dict[int, tuple[Request, list[Event]]] = {}
-        for k, text in self.decoder.flush():
+        for k, text, start in self.decoder.flush():
             row = self.decoder.rows[k]
             request: Request = row.group.owner  # type: ignore[assignment]
-            events.setdefault(id(request), (request, []))[1].append(Event(row.choice, text))
+            event = Event(row.choice, text, offset=start)
+            if request.options.logprobs is not None:
+                event.logprobs = row.logprobs[start : start + len(text)]
+            events.setdefault(id(request), (request, []))[1].append(event)
         if events:
             self.deliver_many(list(events.values()))
 
