@@ -203,3 +203,130 @@ def test_bad_options_are_refused_when_made(kwargs: dict, message: str) -> None:
 
     with pytest.raises(UsageError, match=message):
         DecodeOptions(**kwargs)
+
+
+# --------------------------------------------------------------------------- controls
+
+atoms = st.sampled_from(["a", "b", "c", " ", ":", "\n", "[abc]", "[^a]", ".", "(a|bc)", "x"])
+quantifiers = st.sampled_from(["", "", "?", "*", "+", "{1,3}", "{2}"])
+regexes = st.lists(st.tuples(atoms, quantifiers), min_size=1, max_size=4).map(
+    lambda parts: "".join(a + q for a, q in parts)
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    o=options,
+    regex=regexes,
+    bias=st.dictionaries(st.integers(0, len(VOCAB) - 1), st.floats(-100, 100), max_size=3),
+    presence=st.sampled_from([0.0, 0.7, -1.5]),
+    frequency=st.sampled_from([0.0, 0.4, 2.0]),
+    use_pattern=st.booleans(),
+)
+def test_controls_equal_the_plain_loop(
+    o: DecodeOptions,
+    regex: str,
+    bias: dict[int, float],
+    presence: float,
+    frequency: float,
+    use_pattern: bool,
+) -> None:
+    """Logit bias, penalties and a pattern through the decoder: reference.sample's texts,
+    random stream and state; every patterned text matches in full within the length."""
+    import re
+
+    from toolkit.errors import UsageError
+    from toolkit.runtime.pattern import compile_regex
+
+    pattern = None
+    if use_pattern:
+        try:
+            pattern = compile_regex(regex, VOCAB.chars)
+            pattern.check_length(o.length)
+        except UsageError:
+            return  # refused before any step (tested in test_pattern.py)
+    o = DecodeOptions(
+        o.length, o.temperature, o.top_k, o.top_p, o.stop[:1], o.seed, o.n,
+        logit_bias=tuple(sorted(bias.items())), presence_penalty=presence,
+        frequency_penalty=frequency, regex=regex if use_pattern else None,
+    )  # fmt: skip
+    gen = toy_generator()
+    session = gen.session(o.n)
+    session.feed("a")
+    rng = np.random.default_rng(o.seed)
+    got = session.sample(o.length, rng=rng, options=o)
+    plain = gen.session(o.n)
+    plain.feed("a")
+    ref_rng = np.random.default_rng(o.seed)
+    assert plain.logits is not None
+    expected, _, h, _ = reference.sample(
+        gen.backend, VOCAB, plain.logits, plain.h, plain.c, o.length, ref_rng,
+        o.temperature, o.top_k, o.top_p, o.stop[0] if o.stop else None,
+        bias, presence, frequency, pattern,
+    )  # fmt: skip
+    assert got == expected
+    assert rng.random() == ref_rng.random()
+    np.testing.assert_array_equal(session.h, h)
+    if pattern is not None and not o.stop:
+        for text in got:
+            assert re.fullmatch(regex, text, re.DOTALL) and len(text) <= o.length, text
+
+
+def test_first_character_is_the_model_restricted_to_the_pattern() -> None:
+    """Chi-square over 4,000 first characters: in a state that is not accepting, the
+    distribution is the model's renormalised over the allowed characters; in an accepting
+    one, ending takes the mass of the characters that cannot continue."""
+    from toolkit.runtime.decode import log_softmax
+    from toolkit.runtime.pattern import compile_regex
+
+    gen = toy_generator()
+    session = gen.session(1)
+    session.feed("a")
+    assert session.logits is not None
+    probs = np.exp(log_softmax(session.logits / 0.9))[0]
+    for regex, accepting in (("[abc:] ?x?", False), ("(b|c|:)*", True)):
+        pattern = compile_regex(regex, VOCAB.chars)
+        allowed = pattern.allowed(pattern.start, 5)
+        expected = np.where(allowed, probs, 0.0)
+        if accepting:  # the last bin: the text ends at once
+            expected = np.append(expected, probs[~allowed].sum())
+        else:
+            expected = np.append(expected / expected.sum(), 0.0)
+        firsts = gen.generate(
+            "a", options=DecodeOptions(1, 0.9, regex=regex, seed=11, n=4000)
+        ).texts
+        observed = np.zeros(len(VOCAB) + 1)
+        for text in firsts:
+            observed[VOCAB.index[text] if text else len(VOCAB)] += 1
+        keep = expected > 0
+        assert observed[~keep].sum() == 0
+        assert chi_square_z(observed[keep], expected[keep] * len(firsts)) < 4
+
+
+def chi_square_z(observed: np.ndarray, expected: np.ndarray) -> float:
+    """The chi-square statistic as a standard normal z (Wilson-Hilferty); 4 is p ~ 3e-5."""
+    df = len(observed) - 1
+    x = float(((observed - expected) ** 2 / expected).sum())
+    return ((x / df) ** (1 / 3) - (1 - 2 / (9 * df))) / (2 / (9 * df)) ** 0.5
+
+
+def test_log_probabilities_are_the_models_own() -> None:
+    """Per character: log-softmax of the raw logits (no temperature, no filter), with the
+    N most likely; the same for every row of a batch and through stop strings."""
+    from toolkit.runtime.decode import log_softmax
+
+    gen = toy_generator()
+    o = DecodeOptions(40, 1.7, top_k=3, stop=("b:",), seed=5, n=3, logprobs=4)
+    result = gen.generate("a", options=o)
+    assert result.logprobs is not None
+    for text, scores in zip(result.texts, result.logprobs, strict=True):
+        assert "".join(s["char"] for s in scores) == text
+        session = gen.session(1)
+        session.feed("a")
+        for ch, score in zip(text, scores, strict=True):
+            assert session.logits is not None
+            lp = log_softmax(session.logits)[0]
+            assert score["logprob"] == pytest.approx(lp[VOCAB.index[ch]], abs=1e-9)
+            best = np.argsort(-lp, kind="stable")[:4]
+            assert list(score["top_logprobs"]) == [VOCAB.chars[t] for t in best]
+            session.feed(ch)

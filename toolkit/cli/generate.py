@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +14,7 @@ import typer
 from toolkit.cli.common import choice
 from toolkit.errors import UsageError
 from toolkit.runtime.backends import RUNTIMES
-from toolkit.runtime.decode import DecodeOptions
+from toolkit.runtime.decode import DecodeOptions, compile_pattern
 from toolkit.runtime.generator import UNKNOWN_CHOICES, load
 from toolkit.runtime.manifest import VARIANTS
 
@@ -64,19 +66,47 @@ def generate(
         list[str] | None,
         typer.Option("--choice", help="the text is one of these strings (repeat the option)"),
     ] = None,
+    bias: Annotated[
+        list[str] | None,
+        typer.Option(help=r"logit bias per character, -100..100: 'e=-5,\n=+2' (\, for a comma)"),
+    ] = None,
+    presence_penalty: Annotated[
+        float, typer.Option(help="-2..2, off each character already generated")
+    ] = 0.0,
+    frequency_penalty: Annotated[
+        float, typer.Option(help="-2..2, times how often it was generated")
+    ] = 0.0,
+    logprobs: Annotated[
+        int | None,
+        typer.Option(help="with --json: each character's log-probability and the N most likely"),
+    ] = None,
 ) -> None:
     """Generate text, streaming characters as they are produced."""
     if native_sampler:
         native(model, runtime, prompt, length, temperature, top_k, top_p, seed, num_samples,
                stop, unknown, as_json, regex, choice_ or [])  # fmt: skip
         return
-    if regex is not None or choice_:
-        raise UsageError("--regex and --choice need --native-sampler (with --runtime c)")
+    if logprobs is not None and not as_json:
+        raise UsageError("--logprobs needs --json")
     # Bad options and prompts are refused before the prompt is echoed: stdout gets text or
     # nothing.
-    stops = (stop,) if stop else ()
-    options = DecodeOptions(length, temperature, top_k, top_p, stops, seed, num_samples)
     generator = load(model, runtime=runtime, variant=variant, threads=threads)
+    options = DecodeOptions(
+        length,
+        temperature,
+        top_k,
+        top_p,
+        (stop,) if stop else (),
+        seed,
+        num_samples,
+        logit_bias=parse_bias(bias or [], generator.index),
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        regex=regex,
+        choice=tuple(choice_ or ()),
+        logprobs=logprobs,
+    )
+    compile_pattern(options, generator.vocab)  # a bad pattern: one line, before any output
     generator.encode(prompt, unknown)
     stream = num_samples == 1 and not as_json
     if stream:
@@ -97,6 +127,26 @@ def generate(
     else:
         for i, text in enumerate(result.texts):
             typer.echo(f"--- sample {i + 1} ---\n{prompt}{text}")
+
+
+def parse_bias(values: list[str], index: dict[str, int]) -> tuple[tuple[int, float], ...]:
+    """`--bias 'e=-5,\\n=+2'` (repeatable) as (token id, bias) pairs; the character is
+    written as Python writes it in a string (\\n, \\t, \\x2c), a literal comma as \\,."""
+    pairs: dict[int, float] = {}
+    for value in values:
+        for item in re.split(r"(?<!\\),", value):
+            char, equals, number = item.replace("\\,", ",").rpartition("=")
+            try:
+                char = codecs.decode(char, "unicode_escape") if "\\" in char else char
+                bias = float(number)
+            except (UnicodeDecodeError, ValueError):
+                raise UsageError(f"--bias: {item!r} is not CHARACTER=NUMBER") from None
+            if not equals or len(char) != 1:
+                raise UsageError(f"--bias: {item!r} is not CHARACTER=NUMBER (one character)")
+            if char not in index:
+                raise UsageError(f"--bias: {char!r} is not in the model's vocabulary")
+            pairs[index[char]] = bias
+    return tuple(sorted(pairs.items()))
 
 
 def native(

@@ -17,6 +17,7 @@ results (errors too) are kept in an LRU cache keyed by (pattern, vocabulary, lim
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -173,6 +174,14 @@ def _strip_anchors(pattern: str) -> str:
     return pattern
 
 
+def _re_error(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return str(exc)
+    return ""
+
+
 def _has_lookaround(node: Any) -> bool:
     from interegular.patterns import _NonCapturing
 
@@ -197,7 +206,9 @@ def _raw_table(pattern: str, chars: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     except Unsupported as exc:
         raise PatternError(f"unsupported syntax in pattern {_shown(pattern)}: {exc}") from None
     except (InvalidSyntax, ValueError, IndexError) as exc:
-        raise PatternError(f"invalid pattern {_shown(pattern)}: {exc}") from None
+        # Python's own parser words the mistake where interegular's message is empty.
+        why = str(exc).strip() or _re_error(pattern) or type(exc).__name__
+        raise PatternError(f"invalid pattern {_shown(pattern)}: {why}") from None
     if _has_lookaround(parsed):
         raise PatternError(f"unsupported syntax in pattern {_shown(pattern)}: lookahead/lookbehind")
     try:

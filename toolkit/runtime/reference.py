@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from toolkit.config import ModelConfig
+from toolkit.runtime.pattern import Pattern
 from toolkit.runtime.sampling import sample_next
 from toolkit.runtime.step import StepBackend
 from toolkit.vocabulary import Vocabulary
@@ -35,19 +36,54 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     stop: str | None = None,
+    logit_bias: dict[int, float] | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    pattern: Pattern | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Sample up to `length` characters per row from `logits` and the state after them; the
     texts and the state after the last step (the last character is fed too, so that a
-    session continues from it), unless every row stopped first."""
+    session continues from it), unless every row stopped first.
+
+    Before each draw, per row: the logit bias is added, the penalties subtracted (OpenAI's
+    rule: frequency x count + presence x (count > 0), over the generated characters), and a
+    pattern masks the characters that cannot keep the text inside it within the characters
+    left, unless the text so far is already a full match: then nothing is masked, and a
+    character that cannot continue ends the text instead of being added.
+    """
     batch = h.shape[1]
     texts = [""] * batch
     done = [False] * batch
-    for _ in range(length):
-        tokens = sample_next(logits, rng, temperature, top_k, top_p)
+    counts = np.zeros((batch, len(vocab)), np.float32)
+    states = [pattern.start if pattern is not None else 0] * batch
+    for i in range(length):
+        z = logits.copy()
+        may_end: dict[int, np.ndarray] = {}
+        for row in range(batch):
+            if logit_bias:
+                for token, bias in logit_bias.items():
+                    z[row, token] += np.float32(bias)
+            if presence_penalty or frequency_penalty:
+                z[row] -= frequency_penalty * counts[row] + presence_penalty * (counts[row] > 0)
+            if pattern is not None and not done[row]:
+                allowed = pattern.allowed(states[row], length - i)
+                if not pattern.accepting[states[row]]:
+                    z[row, ~allowed] = -np.inf
+                elif allowed.any():
+                    may_end[row] = allowed
+                else:
+                    done[row] = True  # a full match that nothing can continue
+        tokens = sample_next(z, rng, temperature, top_k, top_p)
         for row, token in enumerate(tokens):
             if done[row]:
                 continue
+            if row in may_end and not may_end[row][token]:
+                done[row] = True
+                continue
             texts[row] += vocab.chars[token]
+            counts[row, token] += 1
+            if pattern is not None:
+                states[row] = int(pattern.table[states[row], token])
             if stop and texts[row].endswith(stop):
                 texts[row] = texts[row][: -len(stop)]
                 done[row] = True
