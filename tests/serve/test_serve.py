@@ -433,3 +433,98 @@ def test_tflite_int8_batches_padded_rows_to_the_same_text() -> None:
             assert text == expected.texts[0]
     finally:
         assert running.stop() == 0
+
+
+# --------------------------------------------------------------------------- controls, logprobs
+
+
+def test_patterns_bias_and_penalties_through_the_openai_client(
+    client: openai.OpenAI, generator: Generator
+) -> None:
+    """vLLM's fields through `extra_body` and OpenAI's own: the same texts as `generate`
+    with the same options, alone or among 12 other streams of the same request."""
+    import re
+
+    name = r"[A-Z][a-z]{2,8}\n"
+    for extra in ({"structured_outputs": {"regex": name}}, {"guided_regex": name}):
+        answer = client.completions.create(
+            model="shakespeare", prompt="ROMEO:\n", max_tokens=20, temperature=0.9, seed=3,
+            n=12, extra_body=extra,
+        )  # fmt: skip
+        texts = [choice.text for choice in answer.choices]
+        assert all(re.fullmatch(name, t) for t in texts), texts
+        alone = generator.generate("ROMEO:\n", length=20, temperature=0.9, seed=3, regex=name)
+        batch = generator.generate(
+            "ROMEO:\n", length=20, temperature=0.9, seed=3, regex=name, num_samples=12
+        )
+        assert texts == batch.texts and texts[0] == alone.texts[0]
+    picked = client.completions.create(
+        model="shakespeare", prompt="Is it so?\n", max_tokens=10, temperature=0,
+        extra_body={"structured_outputs": {"choice": ["Ay.", "No.", "Perhaps."]}},
+    )  # fmt: skip
+    assert picked.choices[0].text in ("Ay.", "No.", "Perhaps.")
+    assert picked.choices[0].finish_reason == "stop"
+    e = generator.index["e"]
+    options = {"temperature": 0.8, "seed": 5, "presence_penalty": 0.5, "frequency_penalty": 1.0}
+    biased = client.completions.create(
+        model="shakespeare", prompt="ROMEO:", max_tokens=200, logit_bias={str(e): -100},
+        **options,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert "e" not in biased.choices[0].text
+    expected = generator.generate("ROMEO:", length=200, logit_bias={e: -100}, **options)
+    assert biased.choices[0].text == expected.texts[0]
+
+
+def test_logprobs_streamed_equal_whole_and_equal_the_runtime(
+    client: openai.OpenAI, generator: Generator
+) -> None:
+    kwargs: dict[str, Any] = {"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 80}
+    kwargs.update(temperature=0.9, seed=2, logprobs=5, echo=True)
+    whole = client.completions.create(**kwargs).choices[0]
+    chunks = list(client.completions.create(stream=True, **kwargs))
+    assert whole.logprobs is not None
+    lp = whole.logprobs
+    assert (
+        whole.text
+        == "ROMEO:" + generator.generate("ROMEO:", length=80, temperature=0.9, seed=2).texts[0]
+    )
+    assert lp.tokens == list(whole.text) and lp.text_offset == list(range(len(whole.text)))
+    assert lp.token_logprobs is not None and lp.token_logprobs[0] is None
+    assert lp.top_logprobs is not None and lp.top_logprobs[0] is None
+    assert all(5 <= len(top) <= 6 for top in lp.top_logprobs[1:])
+    streamed: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "text_offset": []}
+    for chunk in chunks:
+        part = chunk.choices[0].logprobs
+        if part is not None:
+            for key, values in streamed.items():
+                values.extend(getattr(part, key))
+    assert streamed["tokens"] == lp.tokens
+    assert streamed["token_logprobs"] == lp.token_logprobs
+    assert streamed["text_offset"] == lp.text_offset
+    # Each character's log-probability is the runtime's own log-softmax (one state carried).
+    session = generator.session(1)
+    session.feed("R")
+    for ch, value in zip(whole.text[1:], lp.token_logprobs[1:], strict=True):
+        assert session.logits is not None
+        z = session.logits[0].astype(np.float64)
+        expected = z[generator.index[ch]] - z.max() - np.log(np.exp(z - z.max()).sum())
+        assert value == pytest.approx(expected, abs=1e-5)
+        session.feed(ch)
+
+
+def test_echo_with_no_tokens_scores_the_prompt(client: openai.OpenAI, server: Any) -> None:
+    """lm-evaluation-harness's loglikelihood path: echo, logprobs, max_tokens 0."""
+    text = "ROMEO:\nWhat light through yonder window breaks?"
+    body = {"prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0}
+    answer = httpx.post(server.v1 + "/completions", json=body, timeout=60).json()
+    choice = answer["choices"][0]
+    assert choice["text"] == text
+    values = choice["logprobs"]["token_logprobs"]
+    assert values[0] is None and len(values) == len(text)
+    assert all(v < 0 for v in values[1:])
+    assert all(
+        max(top.values()) >= v
+        for top, v in zip(choice["logprobs"]["top_logprobs"][1:], values[1:], strict=True)
+    )
+    again = httpx.post(server.v1 + "/completions", json=body, timeout=60).json()
+    assert again["choices"][0]["logprobs"] == choice["logprobs"]  # not from a cache's shortcut
