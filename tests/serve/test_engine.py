@@ -38,7 +38,7 @@ def test_state_token_round_trip_and_refusals() -> None:
     rng = np.random.default_rng(4)
     rng.random(17)
     state = StreamState(
-        rng.standard_normal((2, 8)).astype(np.float32),
+        np.tanh(rng.standard_normal((2, 8))).astype(np.float32),  # h is a tanh
         rng.standard_normal((2, 8)).astype(np.float32),
         rng.standard_normal(5).astype(np.float32),
         rng.bit_generator.state,
@@ -60,6 +60,19 @@ def test_state_token_round_trip_and_refusals() -> None:
     for bad, fragment in cases.items():
         with pytest.raises(StateTokenError, match=fragment):
             codec.decode(bad)
+    # Numbers no step makes: NaN, infinities, 3e38 (a made-up token, correctly signed).
+    for name, value, fragment in [
+        ("h", np.nan, "not finite"),
+        ("c", np.inf, "not finite"),
+        ("logits", -np.inf, "not finite"),
+        ("logits", 3e38, "outside"),
+        ("h", 1.5, "outside"),
+    ]:
+        arrays = {"h": state.h.copy(), "c": state.c.copy(), "logits": state.logits.copy()}
+        arrays[name].flat[3] = value
+        forged = StreamState(arrays["h"], arrays["c"], arrays["logits"], state.rng_state)
+        with pytest.raises(StateTokenError, match=fragment):
+            codec.decode(codec.encode(forged))
     # A secret makes another server's tokens (same model, no secret) fail the check.
     with pytest.raises(StateTokenError, match="integrity"):
         StateCodec("ab" * 32, 2, 8, 5, secret="s3cret").decode(token)

@@ -327,7 +327,7 @@ def test_bad_input_is_a_json_error(
 def test_tampered_and_foreign_state_tokens_are_refused(
     server: ServerProcess, client: openai.OpenAI
 ) -> None:
-    from toolkit.serve.state_token import StateCodec
+    from toolkit.serve.state_token import StateCodec, StreamState
 
     first = client.completions.create(
         model="shakespeare", prompt="A", max_tokens=3, extra_body={"return_state": True}
@@ -335,14 +335,21 @@ def test_tampered_and_foreign_state_tokens_are_refused(
     token = first.choices[0].model_extra["state"]
     card = httpx.get(server.v1 + "/models").json()["data"][0]
     sizes = card["layers"], card["units"], card["vocab_size"]
-    state = StateCodec(card["sha256"], *sizes).decode(token)
+    own = StateCodec(card["sha256"], *sizes)
+    state = own.decode(token)
     foreign = StateCodec("00" * 32, *sizes).encode(state)
-    for bad, fragment in ((tampered(token), "integrity"), (foreign, "another model")):
+    # Signed with the model's own key (anyone with the model can), but garbage inside.
+    logits = state.logits.copy()
+    logits[:5] = [np.nan, np.inf, 3e38, -3e38, 0]
+    garbage = own.encode(StreamState(state.h, state.c, logits, state.rng_state))
+    cases = ((tampered(token), "integrity"), (foreign, "another model"), (garbage, "finite"))
+    for bad, fragment in cases:
         with pytest.raises(openai.UnprocessableEntityError) as caught:
             client.completions.create(
                 model="shakespeare", prompt="", max_tokens=3, extra_body={"state": bad}
             )
         assert fragment in str(caught.value)
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
 
 
 # --------------------------------------------------------------------------- limits

@@ -14,7 +14,8 @@ stream from its token exactly where it stopped. Layout, before base64url:
 
 Without a secret the key is derived from the model's sha256: the MAC then catches corruption
 and edits, but anyone with the model can make a token; set --state-secret on every replica
-to make tokens unforgeable.
+to make tokens unforgeable. Either way a token's numbers must be finite and within what a
+step produces (STATE_LIMITS), so a made-up one cannot steer a stream into garbage.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class StateCodec:
         h = floats[:state_size].reshape(layers, units).astype(np.float32)
         c = floats[state_size : 2 * state_size].reshape(layers, units).astype(np.float32)
         logits = floats[2 * state_size :].astype(np.float32)
+        check_ranges(h, c, logits)
         rng_state, inc, has_uint32, uinteger = _RNG.unpack_from(payload, len(payload) - _RNG.size)
         return StreamState(
             h,
@@ -136,6 +138,22 @@ class StateCodec:
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self.key, payload, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+# What a model's step can give: h is a tanh (|h| <= 1); c and the logits are sums that a
+# trained model keeps within a few hundred. A token outside these is not one a step made.
+STATE_LIMITS = {"h": 1.0, "c": 1e4, "logits": 1e4}
+
+
+def check_ranges(h: np.ndarray, c: np.ndarray, logits: np.ndarray) -> None:
+    """A StateTokenError for numbers that are not finite or far outside what the model
+    produces (a made-up token would otherwise make the stream write garbage)."""
+    for name, values in (("h", h), ("c", c), ("logits", logits)):
+        limit = STATE_LIMITS[name]
+        if not np.isfinite(values).all():
+            raise StateTokenError(f"state token's {name} has numbers that are not finite")
+        if np.abs(values).max(initial=0.0) > limit:
+            raise StateTokenError(f"state token's {name} is outside what the model produces")
 
 
 def _b64(data: bytes) -> str:
