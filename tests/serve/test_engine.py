@@ -13,9 +13,12 @@ from fastapi.testclient import TestClient
 
 from toolkit.runtime import load
 from toolkit.runtime.decode import DecodeOptions
+from toolkit.runtime.step import batch_invariant
 from toolkit.serve.api import Server, create_app
-from toolkit.serve.engine import Engine, Event, PrefixCache, Request, batch_invariant
+from toolkit.serve.engine import Engine
 from toolkit.serve.model import ServedModel, ServeLimits
+from toolkit.serve.prefix_cache import PrefixCache
+from toolkit.serve.request import Event, Request
 from toolkit.serve.state_token import StateCodec, StateTokenError, StreamState
 
 MODEL = Path(__file__).resolve().parents[2] / "exported" / "shakespeare"

@@ -29,8 +29,9 @@ from pydantic import ValidationError as PydanticValidationError
 
 from toolkit.errors import UsageError, first_line
 from toolkit.runtime.decode import DecodeOptions, Group, Score
-from toolkit.serve.engine import Engine, Event, NotAccepting, QueueFull, Request, deliver_each
+from toolkit.serve.engine import Engine
 from toolkit.serve.model import ServedModel, ServeLimits
+from toolkit.serve.request import Event, NotAccepting, QueueFull, Request, deliver_each
 from toolkit.serve.state_token import StateTokenError, StreamState
 
 

@@ -1,199 +1,42 @@
 """The engine: one thread owns the backend and advances every open stream in one batched step.
 
-Each open stream is a row (h, c) of the batch. A request joins between steps with one row for
-its prompt (or none, when the prefix cache has the prompt's state); after the prompt it forks
-into its `n` sampling rows. A row leaves when it reaches `max_tokens`, meets a stop string, is
-cancelled, times out or is aborted at shutdown. Rows are kept as the arrays the last step
-returned ([layers, rows, units]), gathered again only when the membership changes.
-
-The engine admits, forks and drops rows, steps the backend and hands text over; choosing
-each character, stop strings and holding back text are the decoder's
-(`toolkit/runtime/decode.py`), the same one `toolkit generate` uses. So a seeded request
-gives the same text alone, among 63 others, and as `toolkit generate`: each request is a
-decoder group with its own random stream, a row's character depends on its own logits and
-uniform alone, and a row's step is the same whatever shares its batch on backends whose rows
+A request joins between steps with one row for its prompt (none when the prefix cache has the
+prompt's state), which then forks into its `n` choice rows; a row leaves when it ends, is
+cancelled, times out or is aborted at shutdown. The engine admits, forks and drops rows, steps
+the backend and hands text over; choosing characters, stop strings and held-back text are the
+decoder's (`toolkit/runtime/decode.py`), the one `toolkit generate` uses. So a seeded request
+gives the same text alone, among 63 others, and as `toolkit generate`, on backends whose rows
 are batch-invariant (`batch_invariant` measures it at start-up).
 """
 
 from __future__ import annotations
 
 import collections
-import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.runtime import decode
-from toolkit.runtime.decode import (
-    DecodeOptions,
-    Decoder,
-    Group,
-    Score,
-    overflow_detected,
-    score_tokens,
-)
+from toolkit.runtime.decode import Decoder, overflow_detected
 from toolkit.runtime.step import StepBackend
+from toolkit.serve.batch import Batch
+from toolkit.serve.prefix_cache import PrefixCache
+from toolkit.serve.request import (
+    Event,
+    NotAccepting,
+    QueueFull,
+    Request,
+    Row,
+    Stats,
+    choice_event,
+    deliver_each,
+    flush_interval,
+    stream_state,
+)
 from toolkit.serve.state_token import StreamState
 from toolkit.vocabulary import Vocabulary
-
-
-def flush_interval(rows: int) -> float:
-    """How often streamed text is handed to the HTTP side: every 20 ms (as `generate` streams
-    to a terminal), stretched to 50 ms as the batch grows past 25 streams, where sending the
-    chunks costs the step CPU time (benchmarks/reports/serve.md)."""
-    return min(0.05, max(0.02, 0.0008 * rows))
-
-
-class QueueFull(Exception):
-    """More requests are waiting than --max-queue allows (HTTP 429)."""
-
-
-class NotAccepting(Exception):
-    """The engine is loading or shutting down (HTTP 503)."""
-
-
-@dataclass
-class Event:
-    """What the engine tells a request: new text of one choice, or that choice's end."""
-
-    choice: int
-    text: str
-    finish_reason: str | None = None
-    state: StreamState | None = None  # with return_state, on the choice's last event
-    # With options.logprobs: one score per character of `text` (decode.Score), and where
-    # `text` starts among the choice's characters.
-    logprobs: list[Score] | None = None
-    offset: int = 0
-
-
-@dataclass
-class Request:
-    """One prompt's `options.n` choices. `deliver` is called on the engine thread with a
-    batch of events; it must hand them over without blocking (the HTTP side posts them to its
-    loop)."""
-
-    prompt_ids: list[int]
-    options: DecodeOptions
-    start: StreamState | None = None  # continue from a state token
-    return_state: bool = False
-    prompt_logprobs: bool = False  # score the prompt's characters (echo with logprobs)
-    timeout_s: float = math.inf
-    deliver: Callable[[Request, list[Event]], None] = lambda request, events: None
-    # Filled in by the engine.
-    arrived: float = field(default_factory=time.perf_counter)
-    admitted: float | None = None
-    first_char_at: float | None = None
-    finished_at: float | None = None
-    cancelled: bool = False
-    chars: int = 0  # characters kept over all its choices, counted as each choice ends
-    open_choices: int = 0
-    group: Group | None = None  # its rows' decoder group (options and random stream)
-    # With prompt_logprobs, once the prompt is fed: a score per prompt character, None for
-    # the first (nothing predicts it), as OpenAI's echo gives.
-    prompt_scores: list[Score | None] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return self.options.n
-
-    @property
-    def max_tokens(self) -> int:
-        return self.options.length
-
-    @property
-    def seed(self) -> int | None:
-        return self.options.seed
-
-
-class Row:
-    """One row of the batch: a request's prompt pass (`choice` -1, `pending` the prompt
-    tokens still to feed, last first), or one of its choices (`decoding`, the decoder's row)."""
-
-    __slots__ = ("choice", "decoding", "finish", "pending", "request")
-
-    def __init__(self, request: Request, choice: int, pending: list[int] | None = None) -> None:
-        self.request = request
-        self.choice = choice
-        self.pending = pending or []
-        self.decoding: decode.Row | None = None
-        if choice >= 0:
-            assert request.group is not None
-            self.decoding = decode.Row(request.group, choice)
-        # Why the row ends, once it does. "length" rows of a request that returns its state
-        # stay for one more step, so that the state includes their last character (as after
-        # `generate`, whose loop feeds every character it keeps).
-        self.finish: str | None = None
-
-
-@dataclass
-class Stats:
-    """What /metrics reads; written by the engine thread."""
-
-    steps: int = 0
-    chars: int = 0  # drawn, stop strings included
-    cache_hits: int = 0
-
-
-class PrefixCache:
-    """State and next logits after a prompt, exact match, least recently used first out,
-    bounded in bytes. Used by the engine thread only."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: collections.OrderedDict[
-            tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]
-        ] = collections.OrderedDict()
-
-    def get(self, key: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key: tuple[int, ...], h: np.ndarray, c: np.ndarray, logits: np.ndarray) -> None:
-        size = _entry_bytes(key, h, c, logits)
-        if size > self.max_bytes or key in self._entries:
-            return
-        self._entries[key] = (h.copy(), c.copy(), logits.copy())
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            old_key, old = self._entries.popitem(last=False)
-            self.bytes -= _entry_bytes(old_key, *old)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def _entry_bytes(key: tuple[int, ...], *arrays: np.ndarray) -> int:
-    return 8 * len(key) + sum(a.nbytes for a in arrays) + 200  # 200: the entry's own objects
-
-
-def batch_invariant(backend: StepBackend, state_shape: tuple[int, int], vocab: int) -> bool:
-    """Whether each row of a batched step is bitwise the row stepped alone (probed on random
-    tokens and states, batch 8 against 1): what makes a seeded text independent of the
-    traffic. ONNX fp32 and TFLite int8/fp16 are; ONNX dynamic int8 is not (one activation
-    scale over the whole batch)."""
-    layers, units = state_shape
-    rng = np.random.default_rng(0)
-    token = rng.integers(0, vocab, 8).astype(np.int32)
-    h = rng.uniform(-1, 1, (layers, 8, units)).astype(np.float32)
-    c = rng.uniform(-2, 2, (layers, 8, units)).astype(np.float32)
-    together = backend.step(token, h, c)
-    for row in range(8):
-        alone = backend.step(
-            token[row : row + 1], h[:, row : row + 1].copy(), c[:, row : row + 1].copy()
-        )
-        if not np.array_equal(alone[0][0], together[0][row]):
-            return False
-        if not all(
-            np.array_equal(a[:, 0], t[:, row]) for a, t in zip(alone[1:], together[1:], strict=True)
-        ):
-            return False
-    return True
 
 
 @dataclass
@@ -207,12 +50,8 @@ class _Plan:
 
 
 class Engine:
-    """Continuous batching over one backend, on a thread of its own (`start`).
-
-    The batch is kept as arrays aligned with `rows`: h and c [layers, rows, units] and the
-    logits of the last step [rows, vocab]. The rows that draw are the decoder's rows, in the
-    same order.
-    """
+    """Continuous batching over one backend, on a thread of its own (`start`). The rows that
+    draw are the decoder's rows, in batch order."""
 
     def __init__(
         self,
@@ -224,23 +63,15 @@ class Engine:
         cache_bytes: int = 64 << 20,
         pad_batches: bool = False,
     ) -> None:
-        self.backend = backend
-        self.vocab = vocab
-        self.vocab_size = len(vocab)
+        self.backend, self.vocab, self.vocab_size = backend, vocab, len(vocab)
         self.layers, self.units = state_shape
-        self.max_batch = max_batch
-        self.max_queue = max_queue
-        # LiteRT reallocates its tensors whenever the batch changes: there the batch is padded
-        # to a power of two (rows are batch-invariant, so padding changes no row).
-        self.pad_batches = pad_batches
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.pad_batches = pad_batches  # see padded_step
         self.cache = PrefixCache(cache_bytes)
         self.stats = Stats()
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []
-        self.rows: list[Row] = []
-        self.h = np.zeros((self.layers, 0, self.units), np.float32)
-        self.c = np.zeros_like(self.h)
-        self.logits = np.zeros((0, self.vocab_size), np.float32)
+        self.batch = Batch(self.layers, self.units, self.vocab_size)
         self.decoder = Decoder(vocab)
         self._plan: _Plan | None = None
         self._lock = threading.Lock()
@@ -257,6 +88,10 @@ class Engine:
         # How a flush's events reach the requests: one call for all of them (the HTTP side
         # wakes its event loop once per flush, not once per request).
         self.deliver_many: Callable[[list[tuple[Request, list[Event]]]], None] = deliver_each
+
+    @property
+    def rows(self) -> list[Row]:
+        return self.batch.rows
 
     # ----------------------------------------------------------------- the HTTP side's calls
 
@@ -358,27 +193,19 @@ class Engine:
                 if not self.waiting or used + self.waiting[0].n > self.max_batch:
                     break
                 request = self.waiting.popleft()
-            if request.cancelled or now - request.arrived > request.timeout_s:
-                self._end_unstarted(request, "cancelled" if request.cancelled else "timeout")
+            if reason := request.gone(now):
+                self._end_unstarted(request, reason)
                 continue
             used += request.n
             request.admitted = now
             request.open_choices = request.n
-            rng = np.random.default_rng(request.seed)
-            start = request.start
-            h = c = np.zeros((self.layers, self.units), np.float32)
-            logits: np.ndarray | None = None
-            if start is not None:
-                rng.bit_generator.state = start.rng_state
-                h, c, logits = start.h, start.c, start.logits
-            elif not request.prompt_logprobs and (
-                (cached := self.cache.get(tuple(request.prompt_ids))) is not None
-            ):
-                h, c, logits = cached
-                self.stats.cache_hits += 1
-            request.group = Group(request.options, self.vocab, rng, owner=request)
+            cached = None
+            if request.start is None and not request.prompt_logprobs:
+                cached = self.cache.get(tuple(request.prompt_ids))
+                self.stats.cache_hits += cached is not None
+            h, c, logits = request.begin(self.vocab, self.layers, self.units, cached)
             self.running.append(request)
-            if request.prompt_ids and (start is not None or logits is None):
+            if request.prompt_ids and (request.start is not None or logits is None):
                 joining.append((Row(request, -1, request.prompt_ids[::-1]), h, c, logits))
             elif request.max_tokens == 0:
                 assert logits is not None
@@ -386,33 +213,26 @@ class Engine:
             else:
                 joining.extend((Row(request, k), h, c, logits) for k in range(request.n))
         if joining:
-            self.rows = self.rows + [row for row, *_ in joining]
-            self.h = np.concatenate([self.h, np.stack([j[1] for j in joining], 1)], 1)
-            self.c = np.concatenate([self.c, np.stack([j[2] for j in joining], 1)], 1)
-            zero = np.zeros(self.vocab_size, np.float32)
-            new_logits = np.stack([zero if j[3] is None else j[3] for j in joining])
-            self.logits = np.concatenate([self.logits, new_logits])
+            self.batch.join(joining)
             self._plan = None
 
     def _drop_cancelled(self) -> None:
         """Rows of requests that were cancelled or ran out of time leave now."""
-        now = time.perf_counter()
-        gone = set()
-        for request in self.running:
-            if request.cancelled or now - request.arrived > request.timeout_s:
-                gone.add(id(request))
-        if not gone:
-            return
-        ending = []
+        now, ending = time.perf_counter(), []
         for i, row in enumerate(self.rows):
-            if id(row.request) in gone:
-                row.finish = "cancelled" if row.request.cancelled else "timeout"
+            if reason := row.request.gone(now):
+                row.finish = reason
                 ending.append(i)
         self._end_rows(ending)
 
-    def _end_unstarted(self, request: Request, reason: str) -> None:
+    def _end_unstarted(
+        self, request: Request, reason: str, state: StreamState | None = None
+    ) -> None:
+        """Every choice of the request ends at once (with `state` for a state token)."""
         request.open_choices = 0
-        request.deliver(request, [Event(choice, "", reason) for choice in range(request.n)])
+        request.deliver(request, [Event(k, "", reason, state) for k in range(request.n)])
+        if request in self.running:
+            self.running.remove(request)
         request.finished_at = time.perf_counter()
         self.on_finish(request)
 
@@ -420,14 +240,8 @@ class Engine:
         self, request: Request, h: np.ndarray, c: np.ndarray, logits: np.ndarray
     ) -> None:
         """A request for no characters ends after its prompt, with that state."""
-        state = None
-        if request.return_state:
-            state = _stream_state(request, h, c, logits)
-        request.deliver(request, [Event(k, "", "length", state) for k in range(request.n)])
-        request.open_choices = 0
-        self.running.remove(request)
-        request.finished_at = time.perf_counter()
-        self.on_finish(request)
+        state = stream_state(request, h, c, logits) if request.return_state else None
+        self._end_unstarted(request, "length", state)
 
     def _end_rows(self, ending: list[int]) -> list[int]:
         """Hand over the last text (and state) of the rows at `ending` and take them out;
@@ -445,16 +259,13 @@ class Engine:
             else:
                 state = None
                 if request.return_state:
-                    state = _stream_state(request, self.h[:, i], self.c[:, i], self.logits[i])
-                decoding = row.decoding
-                decoding.finish = decoding.finish or reason  # the rest is handed over whole
-                start, ids = decoding.take()
-                text = self.vocab.decode(ids)
-                event = Event(row.choice, text, reason, state, offset=start)
-                if request.options.logprobs is not None:
-                    event.logprobs = decoding.logprobs[start : start + len(ids)]
-                events = [event]
-                request.chars += len(decoding.out)
+                    state = stream_state(
+                        request, self.batch.h[:, i], self.batch.c[:, i], self.batch.logits[i]
+                    )
+                row.decoding.finish = row.decoding.finish or reason  # the rest, held or not
+                start, ids = row.decoding.take()
+                events = [choice_event(row.decoding, self.vocab.decode(ids), start, reason, state)]
+                request.chars += len(row.decoding.out)
                 request.open_choices -= 1
             request.deliver(request, events)
             if request.open_choices == 0:
@@ -470,21 +281,17 @@ class Engine:
         return keep
 
     def _reindex(self, index: list[int], rows: list[Row] | None = None) -> None:
-        """The batch becomes the rows at `index` (repeats allowed: a fork)."""
-        self.rows = rows if rows is not None else [self.rows[i] for i in index]
-        self.h, self.c, self.logits = self.h[:, index], self.c[:, index], self.logits[index]
+        self.batch.select(index, rows)
         self._plan = None
 
     def _make_plan(self) -> _Plan:
         sampling = [i for i, row in enumerate(self.rows) if row.decoding is not None]
-        decoding = [self.rows[i].decoding for i in sampling]
-        self.decoder.set_rows(decoding)  # type: ignore[arg-type]
-        waiting = (self.rows[i].request for i in sampling)
-        starting = {id(r): r for r in waiting if r.first_char_at is None}
+        self.decoder.set_rows([self.rows[i].decoding for i in sampling])  # type: ignore[misc]
+        starting = {id(r): r for r in (self.rows[i].request for i in sampling)}
         return _Plan(
             sampling=np.array(sampling, np.int64),
             prompts=[(i, row) for i, row in enumerate(self.rows) if row.decoding is None],
-            starting=list(starting.values()),
+            starting=[r for r in starting.values() if r.first_char_at is None],
         )
 
     def _step(self) -> None:
@@ -495,26 +302,17 @@ class Engine:
         feeding_last = False
         if len(plan.sampling):
             ending, feeding_last = self._draw(plan, tokens)
-        scoring = [(i, row) for i, row in plan.prompts if row.request.prompt_logprobs]
-        if scoring:
-            self._score_prompts(scoring)
         for i, row in plan.prompts:
+            if row.request.prompt_logprobs:
+                row.score_next(self.batch.logits[i : i + 1])
             tokens[i] = row.pending.pop()
         if ending:  # rows that ended on this draw and need no last step
             tokens = tokens[self._end_rows(ending)]
             if not self.rows:
                 return
-        size = len(self.rows)
-        h, c = self.h, self.c
-        if self.pad_batches and size & (size - 1):
-            extra = (1 << size.bit_length()) - size
-            tokens = np.concatenate([tokens, np.zeros(extra, np.int32)])
-            pad = np.zeros((self.layers, extra, self.units), np.float32)
-            h, c = np.concatenate([h, pad], 1), np.concatenate([c, pad], 1)
-        logits, h, c = self.backend.step(tokens, np.ascontiguousarray(h), np.ascontiguousarray(c))
-        self.logits, self.h, self.c = logits[:size], h[:, :size], c[:, :size]
+        self.batch.step(self.backend, tokens, self.pad_batches)
         self.stats.steps += 1
-        self.on_step(size)
+        self.on_step(len(self.rows))
         # Rows that waited for their last character to be fed end; prompt passes that are
         # done fork into their choices.
         if feeding_last:
@@ -523,20 +321,6 @@ class Engine:
         if forks:
             self._fork(forks)
 
-    def _score_prompts(self, rows: list[tuple[int, Row]]) -> None:
-        """Before feeding its next character, each scoring prompt pass records how likely
-        the logits it has found that character (none for a first character fed from the
-        zero state: nothing predicts it)."""
-        for i, row in rows:
-            request = row.request
-            first = len(request.prompt_scores) == 0 and request.start is None
-            if first:
-                request.prompt_scores.append(None)
-                continue
-            token = np.array([row.pending[-1]], np.int32)
-            top = request.options.logprobs or 0
-            request.prompt_scores.append(score_tokens(self.logits[i : i + 1], token, [top])[0])
-
     def _draw(self, plan: _Plan, tokens: np.ndarray) -> tuple[list[int], bool]:
         """The decoder draws for the plan's rows into `tokens`. The positions of the rows that
         end without a last step, and whether some row ends after one (to return its state)."""
@@ -544,10 +328,11 @@ class Engine:
         if len(sampling) == 1:
             i = int(sampling[0])
             with overflow_detected():  # see Decoder
-                tokens[i] = self.decoder.step_one(self.logits[i : i + 1])
+                tokens[i] = self.decoder.step_one(self.batch.logits[i : i + 1])
         else:
             all_rows = len(sampling) == len(self.rows)
-            tokens[sampling] = self.decoder.step(self.logits if all_rows else self.logits[sampling])
+            logits = self.batch.logits
+            tokens[sampling] = self.decoder.step(logits if all_rows else logits[sampling])
         self.stats.chars += len(sampling)
         if plan.starting:
             now = time.perf_counter()
@@ -584,10 +369,15 @@ class Engine:
             request = row.request
             if request.start is None:
                 self.cache.put(
-                    tuple(request.prompt_ids), self.h[:, i], self.c[:, i], self.logits[i]
+                    tuple(request.prompt_ids),
+                    self.batch.h[:, i],
+                    self.batch.c[:, i],
+                    self.batch.logits[i],
                 )
             if request.max_tokens == 0:
-                self._end_at_once(request, self.h[:, i], self.c[:, i], self.logits[i])
+                self._end_at_once(
+                    request, self.batch.h[:, i], self.batch.c[:, i], self.batch.logits[i]
+                )
                 continue
             for choice in range(request.n):
                 rows.append(Row(request, choice))
@@ -601,26 +391,6 @@ class Engine:
         for k, text, start in self.decoder.flush():
             row = self.decoder.rows[k]
             request: Request = row.group.owner  # type: ignore[assignment]
-            event = Event(row.choice, text, offset=start)
-            if request.options.logprobs is not None:
-                event.logprobs = row.logprobs[start : start + len(text)]
-            events.setdefault(id(request), (request, []))[1].append(event)
+            events.setdefault(id(request), (request, []))[1].append(choice_event(row, text, start))
         if events:
             self.deliver_many(list(events.values()))
-
-
-def _stream_state(
-    request: Request, h: np.ndarray, c: np.ndarray, logits: np.ndarray
-) -> StreamState:
-    """The stream's state for a token: its random stream where one draw per character
-    leaves it (the uniforms drawn ahead are handed back first)."""
-    assert request.group is not None
-    request.group.sync()
-    rng_state = dict(request.group.rng.bit_generator.state)
-    return StreamState(h.copy(), c.copy(), logits.copy(), rng_state)
-
-
-def deliver_each(batches: list[tuple[Request, list[Event]]]) -> None:
-    """Each request's events to its `deliver` (in the engine thread, or on the event loop)."""
-    for request, events in batches:
-        request.deliver(request, events)

@@ -12,7 +12,8 @@ from toolkit.errors import UsageError
 from toolkit.runtime.backends import open_backend
 from toolkit.runtime.generator import check_backend, check_load_args, default_model_dir
 from toolkit.runtime.manifest import VARIANTS, Manifest, file_format
-from toolkit.serve.engine import Engine, batch_invariant
+from toolkit.runtime.step import batch_invariant
+from toolkit.serve.engine import Engine
 from toolkit.serve.state_token import StateCodec
 from toolkit.vocabulary import Vocabulary
 
