@@ -239,7 +239,9 @@ class _Plan:
     greedy: np.ndarray  # positions of greedy rows
     plain: list[tuple[Index, RowsDraw]]  # rows sharing a temperature
     filtered: list[tuple[Index, DecodeOptions]]  # top-k / top-p rows sharing options
-    sources: list[tuple[Group, Index, Index]]  # group, its positions, their choices
+    sources: list[tuple[Group, Index, Index]]  # group, its positions, their choices (n > 1)
+    singles: np.ndarray  # positions of the rows of one-row groups (a request with n = 1) ...
+    single_draws: list[Callable[[], float]]  # ... and their groups' `uniform`
     stops: list[tuple[int, Row]]  # (position, row) of rows with stop strings
     controlled: list[tuple[int, Row]]  # rows with a pattern, logit bias or penalties
     scored: list[tuple[int, Row]]  # rows whose log-probabilities are kept
@@ -304,6 +306,8 @@ class Decoder:
         if plan.controlled:
             logits, may_end = self._control(logits, plan, ended)
         u, tokens = plan.uniforms, plan.tokens
+        if plan.single_draws:  # one Python float each: the server's many one-row requests
+            u[plan.singles] = [uniform() for uniform in plan.single_draws]
         for group, positions, choices in plan.sources:
             u[positions] = group.uniforms()[choices]
         if len(plan.greedy):
@@ -362,8 +366,6 @@ class Decoder:
         logits = logits.copy()
         may_end: list[tuple[int, np.ndarray]] = []
         for position, row in plan.controlled:
-            if row.finish is not None:
-                continue
             group, o, z = row.group, row.group.options, logits[position]
             if group.bias is not None:
                 z += group.bias
@@ -372,7 +374,7 @@ class Decoder:
                     row.counts = np.zeros(self.vocab_size, np.float32)
                 z -= o.frequency_penalty * row.counts + o.presence_penalty * (row.counts > 0)
             pattern = group.pattern
-            if pattern is None:
+            if pattern is None or row.finish is not None:
                 continue
             allowed = pattern.allowed(row.state, int(plan.left[position]) - plan.steps)
             if not pattern.accepting[row.state]:
@@ -436,8 +438,11 @@ class Decoder:
             else:
                 by_options[o].append(i)
         n = len(rows)
-        sources = []
+        sources, singles = [], []
         for group, positions in groups.values():
+            if group.n == 1:
+                singles.append((positions[0], group.uniform))
+                continue
             choices = [rows[i].choice for i in positions]
             every = choices == list(range(group.n))  # all of the group's rows, in order
             sources.append((group, _positions(positions, n), slice(None) if every else choices))
@@ -451,6 +456,8 @@ class Decoder:
             ],
             filtered=[(_positions(p, n), o) for o, p in by_options.items()],
             sources=sources,  # type: ignore[arg-type]
+            singles=np.array([p for p, _ in singles], np.int64),
+            single_draws=[draw for _, draw in singles],
             stops=[(i, row) for i, row in enumerate(rows) if row.stop_states],
             controlled=[(i, row) for i, row in enumerate(rows) if row.group.options.controlled],
             scored=[(i, r) for i, r in enumerate(rows) if r.group.options.logprobs is not None],

@@ -12,6 +12,7 @@ are batch-invariant (`batch_invariant` measures it at start-up).
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -80,13 +81,14 @@ class Engine:
         self._stop = False
         self._abort_requested = False
         self._started = False  # a request drew its first character in this turn
+        self._cancels = False  # a request was cancelled since the last look
+        self._next_deadline = math.inf  # the nearest time limit of a running request
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         # Hooks for the metrics, called on the engine thread.
         self.on_step: Callable[[int], None] = lambda batch: None
         self.on_finish: Callable[[Request], None] = lambda request: None
-        # How a flush's events reach the requests: one call for all of them (the HTTP side
-        # wakes its event loop once per flush, not once per request).
+        # How a flush's events reach the requests: one call for all (one wake of the loop).
         self.deliver_many: Callable[[list[tuple[Request, list[Event]]]], None] = deliver_each
 
     @property
@@ -101,10 +103,8 @@ class Engine:
         with self._lock:
             if not self._accepting:
                 raise NotAccepting("the server is shutting down")
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFull(
-                    f"the queue is full ({len(self.waiting)} requests waiting); retry later"
-                )
+            if (waiting := len(self.waiting)) >= self.max_queue:
+                raise QueueFull(f"the queue is full ({waiting} requests waiting); retry later")
             request.arrived = time.perf_counter()
             self.waiting.append(request)
             self._wake.notify()
@@ -113,6 +113,7 @@ class Engine:
         """The client went away: its rows leave before the next step."""
         request.cancelled = True
         with self._lock:
+            self._cancels = True
             self._wake.notify()
 
     def stop_accepting(self) -> None:
@@ -151,9 +152,8 @@ class Engine:
                     aborting, self._abort_requested = self._abort_requested, False
                 self.iterate(aborting)
                 now = time.perf_counter()
-                # A stream's first characters go out at once (time to first character), the
-                # rest at the flush interval.
-                if now >= next_flush or not self.rows or self._started:
+                # First characters go out at once (time to first character), the rest at
+                if now >= next_flush or not self.rows or self._started:  # the interval
                     self._started = False
                     next_flush = now + flush_interval(len(self.rows))
                     self.flush()
@@ -205,6 +205,7 @@ class Engine:
                 self.stats.cache_hits += cached is not None
             h, c, logits = request.begin(self.vocab, self.layers, self.units, cached)
             self.running.append(request)
+            self._next_deadline = min(self._next_deadline, request.arrived + request.timeout_s)
             if request.prompt_ids and (request.start is not None or logits is None):
                 joining.append((Row(request, -1, request.prompt_ids[::-1]), h, c, logits))
             elif request.max_tokens == 0:
@@ -217,8 +218,14 @@ class Engine:
             self._plan = None
 
     def _drop_cancelled(self) -> None:
-        """Rows of requests that were cancelled or ran out of time leave now."""
+        """Rows of requests that were cancelled or ran out of time leave now (looked for only
+        after a cancel, or once the nearest time limit has passed)."""
         now, ending = time.perf_counter(), []
+        if not (self._cancels or now >= self._next_deadline):
+            return
+        self._cancels = False
+        deadlines = [r.arrived + r.timeout_s for r in self.running if not r.gone(now)]
+        self._next_deadline = min(deadlines, default=math.inf)
         for i, row in enumerate(self.rows):
             if reason := row.request.gone(now):
                 row.finish = reason
@@ -272,7 +279,8 @@ class Engine:
                 finished.append(request)
         gone = set(ending)
         keep = [i for i in range(len(self.rows)) if i not in gone]
-        self._reindex(keep)
+        self.batch.select(keep)
+        self._plan = None
         now = time.perf_counter()
         for request in finished:
             self.running.remove(request)
@@ -280,19 +288,12 @@ class Engine:
             self.on_finish(request)
         return keep
 
-    def _reindex(self, index: list[int], rows: list[Row] | None = None) -> None:
-        self.batch.select(index, rows)
-        self._plan = None
-
     def _make_plan(self) -> _Plan:
         sampling = [i for i, row in enumerate(self.rows) if row.decoding is not None]
         self.decoder.set_rows([self.rows[i].decoding for i in sampling])  # type: ignore[misc]
-        starting = {id(r): r for r in (self.rows[i].request for i in sampling)}
-        return _Plan(
-            sampling=np.array(sampling, np.int64),
-            prompts=[(i, row) for i, row in enumerate(self.rows) if row.decoding is None],
-            starting=[r for r in starting.values() if r.first_char_at is None],
-        )
+        starting = {id(r): r for i in sampling if (r := self.rows[i].request).first_char_at is None}
+        prompts = [(i, row) for i, row in enumerate(self.rows) if row.decoding is None]
+        return _Plan(np.array(sampling, np.int64), prompts, list(starting.values()))
 
     def _step(self) -> None:
         """A character for every choice row, then one batched step for every row."""
@@ -382,7 +383,8 @@ class Engine:
             for choice in range(request.n):
                 rows.append(Row(request, choice))
                 index.append(i)
-        self._reindex(index, rows)
+        self.batch.select(index, rows)
+        self._plan = None
 
     def flush(self) -> None:
         """Hand each request the text its choices produced since the last flush (the
