@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from toolkit.runtime.sampling import Sampler, SamplingOptions, overflow_detected
 from toolkit.runtime.step import ArrayStepper, StepBackend, Stepper, make_stepper
 from toolkit.runtime.stop import StopMatcher
 from toolkit.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from toolkit.runtime.score import Score
 
 DEFAULT_MODEL_NAME = "shakespeare"
 # `sample` runs of at least this many characters use the backend's own stepper.
@@ -360,6 +363,21 @@ class Generator:
             elapsed_s=elapsed,
             chars_generated=sum(len(t) for t in texts),
         )
+
+    def score(
+        self,
+        text: str,
+        top: int = 0,
+        streams: int = 1,
+        overlap: int = 256,
+        unknown: str = "error",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Score:
+        """Each character's log-probability given the ones before it, and the totals
+        (toolkit/runtime/score.py: the state rule and `streams`)."""
+        from toolkit.runtime.score import score
+
+        return score(self, text, top, streams, overlap, unknown, progress)
 
 
 def default_model_dir(runtime: str = "onnx") -> Path:

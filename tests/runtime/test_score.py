@@ -1,0 +1,117 @@
+"""`toolkit score` and `Generator.score`: per-character log-probabilities and their totals,
+under the same state rule as training's validation loss."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import COMMITTED_MODEL, manifest_json
+
+from toolkit.runtime import load
+from toolkit.runtime.score import segments
+
+TEXT = "ROMEO:\nBut, soft! what light through yonder window breaks?\n\nJULIET:\nAy me!\n"
+
+
+@pytest.fixture(scope="module")
+def generator():  # type: ignore[no-untyped-def]
+    return load(COMMITTED_MODEL, runtime="onnx")
+
+
+def test_score_is_the_recorded_validation_loss(tiny_export: Path, small_corpus: Path) -> None:
+    """Training's validation: 16 streams from zeros over the held-out end, each stream's first
+    character fed, not predicted; `--streams 16 --overlap 0` is that rule."""
+    source = manifest_json(tiny_export)["source"]
+    text = small_corpus.read_text(encoding="utf-8")
+    val = text[len(text) - int(len(text) * source["val_fraction"]) :]
+    per_stream = (len(val) - 1) // 16  # training leaves out the remainder at the end
+    result = load(tiny_export, runtime="onnx").score(
+        val[: 16 * per_stream + 1], streams=16, overlap=0
+    )
+    assert result.scored == 16 * per_stream
+    assert result.nats_per_char == pytest.approx(source["best_val_loss"], abs=1e-4)
+    assert result.bits_per_char == pytest.approx(source["best_val_bpc"], abs=2e-4)
+
+
+def test_exact_mode_is_the_plain_loop(generator) -> None:  # type: ignore[no-untyped-def]
+    ids = generator.encode(TEXT)
+    h = np.zeros(generator.shape.state_shape(1), np.float32)
+    c = h.copy()
+    expected = [math.nan]
+    for token, target in itertools.pairwise(ids):
+        logits, h, c = generator.backend.step(np.array([token], np.int32), h, c)
+        z = logits[0].astype(np.float64)
+        expected.append(float(z[target] - z.max() - np.log(np.exp(z - z.max()).sum())))
+    result = generator.score(TEXT, top=3)
+    assert math.isnan(result.logprobs[0])
+    np.testing.assert_allclose(result.logprobs[1:], expected[1:], atol=1e-9)
+    assert result.total_nats == pytest.approx(-sum(expected[1:]))
+    assert result.bits_per_char == pytest.approx(result.nats_per_char / math.log(2))
+    # The alternatives: best first, the chosen character's log-probability among them.
+    assert np.all(np.diff(result.top_logprobs[1:], axis=1) <= 0)
+    for i in range(1, len(ids)):
+        if ids[i] in result.top_ids[i]:
+            j = list(result.top_ids[i]).index(ids[i])
+            assert result.top_logprobs[i, j] == pytest.approx(result.logprobs[i])
+        else:
+            assert result.top_logprobs[i, -1] >= result.logprobs[i]
+
+
+def test_streams_split_the_text_and_warm_up(generator) -> None:  # type: ignore[no-untyped-def]
+    start, first, end = segments(101, 4, 10)
+    assert first.tolist() == [1, 26, 51, 76] and end.tolist() == [26, 51, 76, 101]
+    assert start.tolist() == [0, 15, 40, 65]
+    exact = generator.score(TEXT)
+    # An overlap as long as the text: every segment starts at the text's start, as exact does.
+    whole = generator.score(TEXT, streams=5, overlap=len(TEXT))
+    np.testing.assert_allclose(whole.logprobs[1:], exact.logprobs[1:], atol=1e-5)
+    short = generator.score(TEXT, streams=5, overlap=4)
+    assert short.streams == 5 and np.isfinite(short.logprobs[1:]).all()
+    assert short.nats_per_char != exact.nats_per_char
+
+
+def toolkit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit", "score", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=120,
+    )
+
+
+def test_cli_json_and_one_line_errors(tmp_path: Path, generator) -> None:  # type: ignore[no-untyped-def]
+    proc = toolkit(str(COMMITTED_MODEL), "--text", TEXT, "--json", "--top", "2")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    expected = generator.score(TEXT)
+    assert out["chars"] == len(TEXT) and out["logprobs"][0] is None
+    assert out["nats_per_char"] == pytest.approx(expected.nats_per_char, abs=1e-9)
+    assert out["top_logprobs"][0] is None and len(out["top_logprobs"][1]) == 2
+    assert "".join(out["tokens"]) == TEXT
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    from_stdin = toolkit("-", stdin=TEXT)
+    from_file = toolkit("--file", str(tmp_path / "t.txt"))
+    for proc in (from_stdin, from_file):
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(f"{expected.bits_per_char:.4f} bits/char, "), proc.stdout
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe")
+    for args, fragment in [
+        (("--text", "Ça va"), "'Ç'"),
+        ((), "--text TEXT"),
+        (("--text", "ab", "--top", "2"), "add --json"),
+        (("--file", str(tmp_path / "missing.txt")), "no such file"),
+        (("--file", str(tmp_path / "bad.txt")), "not valid UTF-8"),
+        (("--text", "ab", "--streams", "0"), "--streams"),
+    ]:
+        proc = toolkit(*args)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines
