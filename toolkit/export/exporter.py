@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +208,7 @@ def export_run(
     calibration_chars: int = micro.CALIBRATION_CHARS,
     calibration_data: Path | None = None,
     limits: micro.MicroLimits | None = None,
+    chat_format: Mapping[str, Any] | None = None,
 ) -> tuple[Path, list[ExportedArtifact]]:
     """Export `run_dir` (a run, or an exported folder) into `out_dir` (default
     exported/<run name>; an exported folder gains the variants itself), adding to its
@@ -292,7 +293,7 @@ def export_run(
 
         # commit
         manifest = build_manifest(
-            previous, source.config, source.vocab, source.info, artifacts, command
+            previous, source.config, source.vocab, source.info, artifacts, command, chat_format
         )
         commit(staging, out_dir, artifacts, model_card(manifest, str(out_dir)), manifest)
         written = {file for a in artifacts for file in (a.file, *a.files)}
