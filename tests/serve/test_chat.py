@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from toolkit.export.manifest import build_manifest
 from toolkit.runtime.manifest import Manifest
 from toolkit.serve.chat_format import DEFAULT_CHAT_FORMAT, ChatFormat
 from toolkit.serve.model import ServedModel
@@ -144,7 +145,12 @@ def test_chat_format_from_file_or_manifest(tmp_path: Path) -> None:
     (tmp_path / "turns.json").write_text(json.dumps(custom), encoding="utf-8")
     served = ServedModel(MODEL, chat_format=tmp_path / "turns.json")
     assert served.chat_format.render([("user", None, "Who?")]) == "Q: Who?\nA:"
-    # Stored in the manifest at export, it is the server's default.
+    # Stored in the manifest at export (and kept by a later export without one), it is the
+    # server's default.
+    previous = Manifest.read(MODEL)
+    made = build_manifest(previous, previous.model, VOCAB, previous.source, [], None, custom)
+    again = build_manifest(made, previous.model, VOCAB, previous.source, [], None)
+    assert made.chat_format == again.chat_format == custom
     folder = tmp_path / "model"
     shutil.copytree(MODEL, folder, ignore=shutil.ignore_patterns("*.tflite", "char_lstm.*"))
     manifest = Manifest.read(folder)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # Steps whose logits are kept before they become log-probabilities: bounds the memory
 # ([chunk, streams, vocab] float32) whatever the text's length, and paces the progress bar.
 CHUNK_STEPS = 4096
-CHUNK_VALUES = 1 << 17  # chunk * streams, at most (unless 256 steps are more)
+CHUNK_VALUES = 1 << 17  # chunk * streams, at most (unless 64 steps are more)
 MAX_TOP = 20
 
 
@@ -171,7 +171,8 @@ def score(
     h = np.zeros(generator.shape.state_shape(rows), np.float32)
     logits, h, c = generator.backend.step(ids[start], h, h.copy())
     stepper = make_stepper(generator.backend, logits, h, c)
-    chunk = min(steps, max(256, min(CHUNK_STEPS, CHUNK_VALUES // rows)))
+    # At least ~20 chunks, so that a progress bar moves.
+    chunk = min(steps, max(64, min(CHUNK_STEPS, CHUNK_VALUES // rows, -(-steps // 20))))
     buffer = np.empty((chunk, rows, vocab), np.float32)
     for at in range(0, steps, chunk):
         span = min(chunk, steps - at)
