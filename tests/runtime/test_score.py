@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from conftest import COMMITTED_MODEL, manifest_json
 
-from toolkit.runtime import load
+from toolkit.runtime import Generator, load
 from toolkit.runtime.score import segments
 
 TEXT = "ROMEO:\nBut, soft! what light through yonder window breaks?\n\nJULIET:\nAy me!\n"
 
 
 @pytest.fixture(scope="module")
-def generator():  # type: ignore[no-untyped-def]
+def generator() -> Generator:
     return load(COMMITTED_MODEL, runtime="onnx")
 
 
@@ -40,7 +40,7 @@ def test_score_is_the_recorded_validation_loss(tiny_export: Path, small_corpus: 
     assert result.bits_per_char == pytest.approx(source["best_val_bpc"], abs=2e-4)
 
 
-def test_exact_mode_is_the_plain_loop(generator) -> None:  # type: ignore[no-untyped-def]
+def test_exact_mode_is_the_plain_loop(generator: Generator) -> None:
     ids = generator.encode(TEXT)
     h = np.zeros(generator.shape.state_shape(1), np.float32)
     c = h.copy()
@@ -64,7 +64,23 @@ def test_exact_mode_is_the_plain_loop(generator) -> None:  # type: ignore[no-unt
             assert result.top_logprobs[i, -1] >= result.logprobs[i]
 
 
-def test_streams_split_the_text_and_warm_up(generator) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("runtime", "variant", "tolerance"),
+    [("numpy", "fp32", 1e-4), ("onnx", "int8", 0.02), ("tflite", "int8", 0.02)],
+)
+def test_every_runtime_gives_the_same_figures(
+    generator: Generator, runtime: str, variant: str, tolerance: float
+) -> None:
+    """fp32 within 1e-4 nats/char; int8 within its validation tolerance (relative)."""
+    expected = generator.score(TEXT * 3).nats_per_char
+    got = load(COMMITTED_MODEL, runtime=runtime, variant=variant).score(TEXT * 3).nats_per_char
+    if variant == "fp32":
+        assert got == pytest.approx(expected, abs=tolerance)
+    else:
+        assert abs(got - expected) <= tolerance * expected
+
+
+def test_streams_split_the_text_and_warm_up(generator: Generator) -> None:
     start, first, end = segments(101, 4, 10)
     assert first.tolist() == [1, 26, 51, 76] and end.tolist() == [26, 51, 76, 101]
     assert start.tolist() == [0, 15, 40, 65]
@@ -87,7 +103,7 @@ def toolkit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     )
 
 
-def test_cli_json_and_one_line_errors(tmp_path: Path, generator) -> None:  # type: ignore[no-untyped-def]
+def test_cli_json_and_one_line_errors(tmp_path: Path, generator: Generator) -> None:
     proc = toolkit(str(COMMITTED_MODEL), "--text", TEXT, "--json", "--top", "2")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
