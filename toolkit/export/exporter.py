@@ -49,6 +49,7 @@ from toolkit.export.validate import (
 from toolkit.logs import native_stderr_hidden
 from toolkit.runtime.manifest import ARTIFACT_FILES, FORMATS, Manifest, artifact_name, read_verified
 from toolkit.runtime.step import StepBackend
+from toolkit.serve.chat_format import ChatFormat
 from toolkit.train.lock import holds_run_dir_lock
 from toolkit.vocabulary import Vocabulary
 
@@ -222,6 +223,8 @@ def export_run(
         raise UsageError(f"calibration-chars must be >= 1, got {calibration_chars}")
     plan = plan_artifacts(formats or list(FORMATS), quantization)
     source = load_source(Path(run_dir), log)
+    if chat_format is not None:  # its own text must be characters the model knows
+        ChatFormat.from_dict(dict(chat_format)).check_vocabulary(source.vocab)
     unable = c_target.unable(source.config) if ("c", "full-int8") in plan else None
     if unable and len(formats or FORMATS) > 1 and len(plan) > 1:  # `--format all`, no compiler
         plan.remove(("c", "full-int8"))
