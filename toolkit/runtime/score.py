@@ -177,7 +177,8 @@ def score(
     for at in range(0, steps, chunk):
         span = min(chunk, steps - at)
         position = start[None, :] + at + np.arange(span)[:, None]  # [span, rows]: fed char
-        # Rows that have run out feed their last character again; those steps are not counted.
+        # A row past its end feeds on (the next segment's text, or the last character again);
+        # those steps are not counted.
         fed = ids[np.minimum(position + 1, n - 1)]
         for t in range(span):
             buffer[t] = logits
