@@ -15,9 +15,9 @@ import httpx
 import openai
 import pytest
 
+from toolkit.chat_format import DEFAULT_CHAT_FORMAT, ChatFormat
 from toolkit.export.manifest import build_manifest
 from toolkit.runtime.manifest import Manifest
-from toolkit.serve.chat_format import DEFAULT_CHAT_FORMAT, ChatFormat
 from toolkit.serve.model import ServedModel
 from toolkit.serve.process import ServerProcess, start_server
 

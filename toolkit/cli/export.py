@@ -72,7 +72,7 @@ def export(
     plan_artifacts(formats, quantization)  # an impossible combination: one line, at once
     turns = None
     if chat_format is not None:  # a bad file: one line before any work
-        from toolkit.serve.chat_format import ChatFormat
+        from toolkit.chat_format import ChatFormat
 
         turns = ChatFormat.load(chat_format).to_dict()
     # The C is made from the folder's full-int8 model: TensorFlow only to make that first.

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.chat_format import ChatFormat
 from toolkit.data.batches import open_training_data
 from toolkit.data.corpus import load_corpus
 from toolkit.errors import ExportError, ModelFileError, UsageError, storage_error
@@ -49,7 +50,6 @@ from toolkit.export.validate import (
 from toolkit.logs import native_stderr_hidden
 from toolkit.runtime.manifest import ARTIFACT_FILES, FORMATS, Manifest, artifact_name, read_verified
 from toolkit.runtime.step import StepBackend
-from toolkit.serve.chat_format import ChatFormat
 from toolkit.train.lock import holds_run_dir_lock
 from toolkit.vocabulary import Vocabulary
 

@@ -20,22 +20,34 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from toolkit.config import ModelConfig
 from toolkit.errors import UsageError
 from toolkit.metrics import LN2
-from toolkit.runtime.step import make_stepper
-
-if TYPE_CHECKING:
-    from toolkit.runtime.generator import Generator
+from toolkit.runtime.step import StepBackend, make_stepper
+from toolkit.vocabulary import Vocabulary
 
 # Steps whose logits are kept before they become log-probabilities: bounds the memory
 # ([chunk, streams, vocab] float32) whatever the text's length, and paces the progress bar.
 CHUNK_STEPS = 4096
 CHUNK_VALUES = 1 << 17  # chunk * streams, at most (unless 64 steps are more)
 MAX_TOP = 20
+
+
+class Model(Protocol):
+    """What scoring needs of a loaded model (toolkit.runtime.Generator has it)."""
+
+    backend: StepBackend
+    vocab: Vocabulary
+    chars: list[str]
+    shape: ModelConfig
+    runtime: str
+    variant: str
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]: ...
 
 
 @dataclass
@@ -123,7 +135,7 @@ def segments(n: int, streams: int, overlap: int) -> tuple[np.ndarray, np.ndarray
 
 
 def score(
-    generator: Generator,
+    generator: Model,
     text: str,
     top: int = 0,
     streams: int = 1,

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
@@ -33,8 +33,6 @@ from toolkit.serve.engine import Engine, Event, NotAccepting, QueueFull, Request
 from toolkit.serve.model import ServedModel, ServeLimits
 from toolkit.serve.state_token import StateTokenError, StreamState
 from toolkit.vocabulary import Vocabulary
-
-Body = TypeVar("Body", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -397,24 +395,6 @@ def ids_text(ids: list[int], vocab: Vocabulary, where: str) -> str:
     return vocab.decode(ids)
 
 
-class TokenizeBody(BaseModel):
-    """POST /tokenize (vLLM's): text, or chat messages in the model's turn format."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: StrictStr | None = None
-    prompt: StrictStr | None = None
-    messages: list[Any] | None = None
-    add_special_tokens: StrictBool = True  # there are none: accepted, changes nothing
-    add_generation_prompt: StrictBool = True
-    return_token_strs: StrictBool = False
-
-
-class DetokenizeBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: StrictStr | None = None
-    tokens: list[StrictInt]
-
-
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is loop
@@ -460,66 +440,6 @@ def create_app(server: Server) -> FastAPI:
     async def models() -> JSONResponse:
         return JSONResponse({"object": "list", "data": [server.model.card()]})
 
-    @app.post("/tokenize")
-    async def tokenize(request: HttpRequest) -> JSONResponse:
-        try:
-            body = _parse(TokenizeBody, await _read_json(request, limits.max_body_bytes))
-            _check_model(server, body.model)
-            text = _tokenize_text(server, body)
-            unknown = server.model.vocab.unknown(text)
-            if unknown:
-                shown = ", ".join(repr(ch) for ch in unknown[:20])
-                raise invalid(
-                    f"prompt has characters not in the model's vocabulary: {shown}",
-                    "unknown_characters",
-                )
-        except ApiError as exc:
-            return exc.response()
-        ids = server.model.vocab.encode(text).tolist()
-        return JSONResponse(
-            {
-                "count": len(ids),
-                # The state carries any length: the limit is the longest prompt accepted.
-                "max_model_len": limits.max_prompt_chars,
-                "tokens": ids,
-                "token_strs": list(text) if body.return_token_strs else None,
-            }
-        )
-
-    @app.post("/detokenize")
-    async def detokenize(request: HttpRequest) -> JSONResponse:
-        try:
-            body = _parse(DetokenizeBody, await _read_json(request, limits.max_body_bytes))
-            _check_model(server, body.model)
-            text = ids_text(body.tokens, server.model.vocab, "tokens")
-        except ApiError as exc:
-            return exc.response()
-        return JSONResponse({"prompt": text})
-
-    @app.get("/tokenizer_info")
-    async def tokenizer_info() -> JSONResponse:
-        model = server.model
-        return JSONResponse(
-            {
-                "tokenizer_class": "PreTrainedTokenizerFast",  # as tokenizer.json loads
-                "eos_token": None,
-                "bos_token": None,
-                "pad_token": None,
-                "unk_token": None,
-                "model_max_length": limits.max_prompt_chars,
-                "vocab_size": len(model.vocab),
-                "vocab": list(model.vocab.chars),  # token id = index
-                "chat_format": model.chat_format.to_dict(),
-                "chat_template": model.chat_format.jinja_template(),
-            }
-        )
-
-    from toolkit.serve.chat import chat_completions  # it builds on this module
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: HttpRequest) -> Response:
-        return await chat_completions(server, request, limits.max_body_bytes)
-
     @app.post("/v1/completions")
     async def completions(request: HttpRequest) -> Response:
         try:
@@ -540,39 +460,6 @@ def create_app(server: Server) -> FastAPI:
         return await _complete(server, prepared, meta, request)
 
     return app
-
-
-def _parse(model: type[Body], data: Any) -> Body:
-    try:
-        return model.model_validate(data)
-    except PydanticValidationError as exc:
-        raise invalid(_validation_message(exc), "invalid_type") from None
-
-
-def _check_model(server: Server, name: str | None) -> None:
-    if name is not None and name != server.model.name:
-        raise ApiError(
-            404,
-            f"model {name!r} does not exist; this server serves {server.model.name!r}",
-            "invalid_request_error",
-            "model_not_found",
-        )
-
-
-def _tokenize_text(server: Server, body: TokenizeBody) -> str:
-    """The text /tokenize counts: the prompt, or the messages as the chat endpoint renders
-    them (with the assistant's heading if add_generation_prompt)."""
-    if (body.prompt is None) == (body.messages is None):
-        raise invalid("give either prompt or messages")
-    if body.prompt is not None:
-        return body.prompt
-    from toolkit.serve.chat import ChatBody, chat_prompt
-
-    chat = _parse(ChatBody, {"messages": body.messages})
-    text = chat_prompt(server, chat)
-    if not body.add_generation_prompt:
-        return text[: len(text) - len(server.model.chat_format.reply_text())]
-    return text
 
 
 async def _read_json(request: HttpRequest, max_bytes: int) -> Any:

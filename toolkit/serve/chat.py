@@ -1,8 +1,11 @@
-"""POST /v1/chat/completions: OpenAI's chat API on the completions path.
+"""The model's text as other tools speak it: OpenAI's chat completions and vLLM's tokenizer
+endpoints, added to the API's app by `add_routes`.
 
-The messages become one prompt by the model's turn format (chat_format.py), the reply is a
-completion of it that ends at the format's stop, and the answer is reshaped as OpenAI's chat
-objects; checking, batching, sampling, seeds and cancelling are the completions endpoint's.
+POST /v1/chat/completions: the messages become one prompt by the model's turn format
+(toolkit/chat_format.py), the reply is a completion of it that ends at the format's stop, and
+the answer is reshaped as OpenAI's chat objects; checking, batching, sampling, seeds and
+cancelling are the completions endpoint's. POST /tokenize, POST /detokenize and
+GET /tokenizer_info answer at the root, as vLLM's do.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -28,6 +32,7 @@ from toolkit.serve.api import (
     _read_json,
     _validation_message,
     _watch_disconnect,
+    ids_text,
     invalid,
 )
 
@@ -35,6 +40,117 @@ from toolkit.serve.api import (
 ROLE_OF = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # A reply ends at the format's stop (a speech's end); this bounds one that does not.
 DEFAULT_MAX_TOKENS = 1000
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def add_routes(app: FastAPI, server: Server) -> None:
+    max_bytes = server.limits.max_body_bytes
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HttpRequest) -> Response:
+        return await chat_completions(server, request, max_bytes)
+
+    @app.post("/tokenize")
+    async def tokenize(request: HttpRequest) -> JSONResponse:
+        try:
+            body = _parse(TokenizeBody, await _read_json(request, max_bytes))
+            _check_model(server, body.model)
+            text = _tokenize_text(server, body)
+            unknown = server.model.vocab.unknown(text)
+            if unknown:
+                shown = ", ".join(repr(ch) for ch in unknown[:20])
+                raise invalid(
+                    f"prompt has characters not in the model's vocabulary: {shown}",
+                    "unknown_characters",
+                )
+        except ApiError as exc:
+            return exc.response()
+        ids = server.model.vocab.encode(text).tolist()
+        return JSONResponse(
+            {
+                "count": len(ids),
+                # The state carries any length: the limit is the longest prompt accepted.
+                "max_model_len": server.limits.max_prompt_chars,
+                "tokens": ids,
+                "token_strs": list(text) if body.return_token_strs else None,
+            }
+        )
+
+    @app.post("/detokenize")
+    async def detokenize(request: HttpRequest) -> JSONResponse:
+        try:
+            body = _parse(DetokenizeBody, await _read_json(request, max_bytes))
+            _check_model(server, body.model)
+            text = ids_text(body.tokens, server.model.vocab, "tokens")
+        except ApiError as exc:
+            return exc.response()
+        return JSONResponse({"prompt": text})
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> JSONResponse:
+        model = server.model
+        return JSONResponse(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",  # as tokenizer.json loads
+                "eos_token": None,
+                "bos_token": None,
+                "pad_token": None,
+                "unk_token": None,
+                "model_max_length": server.limits.max_prompt_chars,
+                "vocab_size": len(model.vocab),
+                "vocab": list(model.vocab.chars),  # token id = index
+                "chat_format": model.chat_format.to_dict(),
+                "chat_template": model.chat_format.jinja_template(),
+            }
+        )
+
+
+class TokenizeBody(BaseModel):
+    """POST /tokenize (vLLM's): text, or chat messages in the model's turn format."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr | None = None
+    prompt: StrictStr | None = None
+    messages: list[Any] | None = None
+    add_special_tokens: StrictBool = True  # there are none: accepted, changes nothing
+    add_generation_prompt: StrictBool = True
+    return_token_strs: StrictBool = False
+
+
+class DetokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr | None = None
+    tokens: list[StrictInt]
+
+
+def _parse(model: type[Body], data: Any) -> Body:
+    try:
+        return model.model_validate(data)
+    except PydanticValidationError as exc:
+        raise invalid(_validation_message(exc), "invalid_type") from None
+
+
+def _check_model(server: Server, name: str | None) -> None:
+    if name is not None and name != server.model.name:
+        raise ApiError(
+            404,
+            f"model {name!r} does not exist; this server serves {server.model.name!r}",
+            "invalid_request_error",
+            "model_not_found",
+        )
+
+
+def _tokenize_text(server: Server, body: TokenizeBody) -> str:
+    """The text /tokenize counts: the prompt, or the messages as the chat endpoint renders
+    them (with the assistant's heading if add_generation_prompt)."""
+    if (body.prompt is None) == (body.messages is None):
+        raise invalid("give either prompt or messages")
+    if body.prompt is not None:
+        return body.prompt
+    text = chat_prompt(server, _parse(ChatBody, {"messages": body.messages}))
+    if not body.add_generation_prompt:
+        return text[: len(text) - len(server.model.chat_format.reply_text())]
+    return text
 
 
 class TextPart(BaseModel):

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit.chat_format import chat_format_of
 from toolkit.errors import UsageError
 from toolkit.runtime.backends import open_backend
 from toolkit.runtime.generator import check_backend, check_load_args, default_model_dir
 from toolkit.runtime.manifest import VARIANTS, Manifest, file_format
-from toolkit.serve.chat_format import chat_format_of
 from toolkit.serve.engine import Engine, batch_invariant
 from toolkit.serve.state_token import StateCodec
 from toolkit.vocabulary import Vocabulary
