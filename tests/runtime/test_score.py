@@ -103,7 +103,7 @@ def toolkit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     )
 
 
-def test_cli_json_and_one_line_errors(tmp_path: Path, generator: Generator) -> None:
+def test_cli_json_file_and_stdin(tmp_path: Path, generator: Generator) -> None:
     proc = toolkit(str(COMMITTED_MODEL), "--text", TEXT, "--json", "--top", "2")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -113,21 +113,33 @@ def test_cli_json_and_one_line_errors(tmp_path: Path, generator: Generator) -> N
     assert out["top_logprobs"][0] is None and len(out["top_logprobs"][1]) == 2
     assert "".join(out["tokens"]) == TEXT
     (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
-    from_stdin = toolkit("-", stdin=TEXT)
-    from_file = toolkit("--file", str(tmp_path / "t.txt"))
-    for proc in (from_stdin, from_file):
+    for proc in (toolkit("-", stdin=TEXT), toolkit("--file", str(tmp_path / "t.txt"))):
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(f"{expected.bits_per_char:.4f} bits/char, "), proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--text", "Ça va"], "'Ç'"),
+        ([], "--text TEXT"),
+        (["--text", "ab", "--top", "2"], "add --json"),
+        (["--file", "missing.txt"], "no such file"),
+        (["--file", "bad.txt"], "not valid UTF-8"),
+        (["--text", "ab", "--streams", "0"], "--streams"),
+    ],
+)
+def test_cli_errors_are_one_line(
+    args: list[str], fragment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import toolkit.cli.entry as cli
+
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe")
-    for args, fragment in [
-        (("--text", "Ça va"), "'Ç'"),
-        ((), "--text TEXT"),
-        (("--text", "ab", "--top", "2"), "add --json"),
-        (("--file", str(tmp_path / "missing.txt")), "no such file"),
-        (("--file", str(tmp_path / "bad.txt")), "not valid UTF-8"),
-        (("--text", "ab", "--streams", "0"), "--streams"),
-    ]:
-        proc = toolkit(*args)
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["toolkit", "score", str(COMMITTED_MODEL), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines

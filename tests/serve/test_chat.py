@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from toolkit.chat_format import DEFAULT_CHAT_FORMAT, ChatFormat
+from toolkit.errors import UsageError
 from toolkit.export.manifest import build_manifest
 from toolkit.runtime.manifest import Manifest
 from toolkit.serve.model import ServedModel
@@ -159,20 +161,29 @@ def test_chat_format_from_file_or_manifest(tmp_path: Path) -> None:
     assert ServedModel(folder).chat_format == ChatFormat.from_dict(custom)
 
 
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ([], "a JSON object"),
+        ({"speakers": {}}, "unknown key(s) speakers"),
+        ({"message": "{name}:"}, "{content} once"),
+        ({"names": {"user": "U"}}, "'names' must give"),
+        ({"stop": ""}, "'stop' must not be empty"),
+    ],
+)
+def test_bad_chat_formats(data: object, fragment: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        ChatFormat.from_dict(data)
+
+
 def test_bad_chat_format_file_is_one_line(tmp_path: Path) -> None:
-    files = {
-        "not.json": "{",
-        "keys.json": json.dumps({"speakers": {}}),
-        "content.json": json.dumps({"message": "{name}:"}),
-        "vocab.json": json.dumps({"names": {"system": "S", "user": "U", "assistant": "\u00c9"}}),
-    }
-    for name, text in files.items():
-        (tmp_path / name).write_text(text, encoding="utf-8")
-        # The vocabulary is checked where the model is, when serving; the file's shape by both.
-        if name in ("not.json", "vocab.json"):
-            command = ["serve", str(MODEL), "--port", "0", "--chat-format", str(tmp_path / name)]
-        else:
-            command = ["export", str(tmp_path), "--chat-format", str(tmp_path / name)]
+    (tmp_path / "not.json").write_text("{", encoding="utf-8")
+    vocab = {"names": {"system": "S", "user": "U", "assistant": "\u00c9"}}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    for name, command in [
+        ("not.json", ["export", str(tmp_path), "--chat-format", str(tmp_path / "not.json")]),
+        ("vocab.json", ["serve", str(MODEL), "--chat-format", str(tmp_path / "vocab.json")]),
+    ]:
         proc = subprocess.run(
             [sys.executable, "-m", "toolkit", *command], capture_output=True, text=True, timeout=60
         )
