@@ -27,7 +27,7 @@ class BuildPyWithModel(build_py):
         manifest["artifacts"] = {
             name: entry for name, entry in manifest["artifacts"].items() if name in PACKAGED
         }
-        for name in [*manifest["artifacts"], "README.md"]:
+        for name in [*manifest["artifacts"], "README.md", "tokenizer.json"]:
             if (MODEL / name).exists():
                 shutil.copyfile(MODEL / name, target / name)
         (target / "manifest.json").write_text(

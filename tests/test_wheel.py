@@ -66,6 +66,7 @@ def test_runtime_only_wheel_generates_from_any_folder(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "toolkit/models/shakespeare/manifest.json" in names
     assert "toolkit/models/shakespeare/model.onnx" in names
+    assert "toolkit/models/shakespeare/tokenizer.json" in names
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -104,6 +105,8 @@ def test_runtime_only_wheel_generates_from_any_folder(tmp_path: Path) -> None:
         "JULIET:", length=80, temperature=0
     )
     assert generated.stdout == "JULIET:" + expected.texts[0] + "\n"
+    scored = toolkit("score", "--text", "JULIET:\nAy me!")  # no TensorFlow needed either
+    assert scored.returncode == 0 and " bits/char, " in scored.stdout, scored.stderr
     # Commands that need TensorFlow say what to install, in one line.
     for args in (["train", "--preset", "tiny"], ["export", "runs/x"], ["bench"]):
         refused = toolkit(*args)

@@ -14,6 +14,7 @@ from toolkit.cli.data import download, prepare
 from toolkit.cli.export import export
 from toolkit.cli.firmware import firmware
 from toolkit.cli.generate import generate
+from toolkit.cli.score import score
 from toolkit.cli.serve import serve
 from toolkit.cli.train import train
 from toolkit.cli.web import web
@@ -22,6 +23,7 @@ from toolkit.errors import ToolkitError, storage_error
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False)
 for command in (train, prepare, download, export, generate, serve, web, firmware, bench):
     app.command()(command)
+app.command()(score)
 
 
 def _version(show: bool) -> None:

@@ -58,6 +58,10 @@ def export(
         int | None, typer.Option(help="full-int8: fail if TFLite Micro needs a larger arena")
     ] = None,
     force: Annotated[bool, typer.Option(help="overwrite existing files")] = False,
+    chat_format: Annotated[
+        Path | None,
+        typer.Option(help="JSON turn format for chat (toolkit serve); kept in the manifest"),
+    ] = None,
 ) -> None:
     """Export a run to single-step graphs with explicit state, validated against Keras."""
     from toolkit.export.plan import plan_artifacts
@@ -66,6 +70,11 @@ def export(
     quantize = quantize or ("full-int8" if format == "c" else "fp32")  # C is full-int8 only
     quantization = "all" if quantize == "all" else VARIANTS[quantize]
     plan_artifacts(formats, quantization)  # an impossible combination: one line, at once
+    turns = None
+    if chat_format is not None:  # a bad file: one line before any work
+        from toolkit.chat_format import ChatFormat
+
+        turns = ChatFormat.load(chat_format).to_dict()
     # The C is made from the folder's full-int8 model: TensorFlow only to make that first.
     if formats != ["c"] or (run_dir / "run.json").exists():
         require_tensorflow()
@@ -85,6 +94,7 @@ def export(
         calibration_chars=calibration_chars,
         calibration_data=calibration_data,
         limits=MicroLimits(max_flash, max_arena),
+        chat_format=turns,
     )
     for art in artifacts:
         typer.echo(f"wrote {out_dir / art.file} ({art.bytes / 1024:.1f} KiB)")

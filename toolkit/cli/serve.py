@@ -51,6 +51,10 @@ def serve(
     model_name: Annotated[
         str | None, typer.Option(help="the model's id in the API (default: the manifest's name)")
     ] = None,
+    chat_format: Annotated[
+        Path | None,
+        typer.Option(help="JSON turn format for /v1/chat/completions (default: the manifest's)"),
+    ] = None,
 ) -> None:
     """Serve the model over HTTP (OpenAI completions API), batching every open stream."""
     if not 0 <= port <= 65535:
@@ -75,5 +79,7 @@ def serve(
         api_key=api_key or os.environ.get("TOOLKIT_API_KEY") or None,
         state_secret=state_secret or os.environ.get("TOOLKIT_STATE_SECRET") or None,
     )
-    served = ServedModel(model, runtime, variant, threads, model_name, limits.state_secret)
+    served = ServedModel(
+        model, runtime, variant, threads, model_name, limits.state_secret, chat_format
+    )
     run_server(served, limits, host, port, shutdown_timeout)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from toolkit.chat_format import ChatFormat
 from toolkit.data.batches import open_training_data
 from toolkit.data.corpus import load_corpus
 from toolkit.errors import ExportError, ModelFileError, UsageError, storage_error
@@ -208,6 +209,7 @@ def export_run(
     calibration_chars: int = micro.CALIBRATION_CHARS,
     calibration_data: Path | None = None,
     limits: micro.MicroLimits | None = None,
+    chat_format: Mapping[str, Any] | None = None,
 ) -> tuple[Path, list[ExportedArtifact]]:
     """Export `run_dir` (a run, or an exported folder) into `out_dir` (default
     exported/<run name>; an exported folder gains the variants itself), adding to its
@@ -221,6 +223,8 @@ def export_run(
         raise UsageError(f"calibration-chars must be >= 1, got {calibration_chars}")
     plan = plan_artifacts(formats or list(FORMATS), quantization)
     source = load_source(Path(run_dir), log)
+    if chat_format is not None:  # its own text must be characters the model knows
+        ChatFormat.from_dict(dict(chat_format)).check_vocabulary(source.vocab)
     unable = c_target.unable(source.config) if ("c", "full-int8") in plan else None
     if unable and len(formats or FORMATS) > 1 and len(plan) > 1:  # `--format all`, no compiler
         plan.remove(("c", "full-int8"))
@@ -292,7 +296,7 @@ def export_run(
 
         # commit
         manifest = build_manifest(
-            previous, source.config, source.vocab, source.info, artifacts, command
+            previous, source.config, source.vocab, source.info, artifacts, command, chat_format
         )
         commit(staging, out_dir, artifacts, model_card(manifest, str(out_dir)), manifest)
         written = {file for a in artifacts for file in (a.file, *a.files)}

@@ -18,6 +18,7 @@ from typing import Any
 from toolkit import __version__
 from toolkit.config import ModelConfig
 from toolkit.errors import ExportError, ModelFileError
+from toolkit.export.tokenizer import TOKENIZER_NAME, tokenizer_entry, tokenizer_json
 from toolkit.export.validate import Validation
 from toolkit.files import sha256_bytes
 from toolkit.machine import library_versions
@@ -87,6 +88,7 @@ def build_manifest(
     info: Mapping[str, Any],
     artifacts: list[ExportedArtifact],
     command: str | None,
+    chat_format: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """The folder's manifest after this export: the previous entries, this export's on top."""
     entries = dict(previous.artifacts) if previous else {}
@@ -108,6 +110,8 @@ def build_manifest(
             "python": platform.python_version(),
             **library_versions(),
         },
+        tokenizer=tokenizer_entry(vocab),
+        chat_format=chat_format or (previous.chat_format if previous else None),
     )
 
 
@@ -134,6 +138,8 @@ def commit(staging: Path, out_dir: Path, artifacts: list[ExportedArtifact], card
     for art in artifacts:
         for name in (art.file, *art.files):
             os.replace(staging / name, out_dir / name)
+    (staging / TOKENIZER_NAME).write_text(tokenizer_json(manifest.vocabulary), encoding="utf-8")
+    os.replace(staging / TOKENIZER_NAME, out_dir / TOKENIZER_NAME)
     manifest.write(out_dir)
     (staging / "README.md").write_text(card, encoding="utf-8")
     os.replace(staging / "README.md", out_dir / "README.md")

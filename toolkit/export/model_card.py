@@ -76,6 +76,14 @@ def model_card(manifest: Manifest, folder: str) -> str:
             f"{USES.get(key, '')} |"
         )
     micro = next((e.micro for e in manifest.artifacts.values() if e.micro), None)
+    if manifest.tokenizer:
+        lines += [
+            "",
+            f"`{manifest.tokenizer['file']}` is the vocabulary as a Hugging Face `tokenizers` "
+            "file (one token per character, ids as the manifest's): "
+            f'`tokenizers.Tokenizer.from_file("{manifest.tokenizer["file"]}")` encodes text to '
+            "the model's token ids.",
+        ]
     lines += [
         "",
         "Validation feeds held-out text through each file, carrying the state, and compares "

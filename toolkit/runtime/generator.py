@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from toolkit.runtime.manifest import VARIANTS, Manifest
 from toolkit.runtime.sampling import overflow_detected
 from toolkit.runtime.step import ArrayStepper, StepBackend, Stepper, make_stepper
 from toolkit.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from toolkit.runtime.score import Score
 
 DEFAULT_MODEL_NAME = "shakespeare"
 # `sample` runs of at least this many characters use the backend's own stepper.
@@ -304,6 +307,21 @@ class Generator:
             chars_generated=sum(len(t) for t in texts),
             logprobs=session.logprobs,
         )
+
+    def score(
+        self,
+        text: str,
+        top: int = 0,
+        streams: int = 1,
+        overlap: int = 256,
+        unknown: str = "error",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Score:
+        """Each character's log-probability given the ones before it, and the totals
+        (toolkit/runtime/score.py: the state rule and `streams`)."""
+        from toolkit.runtime.score import score
+
+        return score(self, text, top, streams, overlap, unknown, progress)
 
 
 def default_model_dir(runtime: str = "onnx") -> Path:

@@ -152,6 +152,10 @@ class Manifest:
     versions: Mapping[str, str] = field(default_factory=dict)
     description: str = DESCRIPTION
     state_layout: str = STATE_LAYOUT
+    # tokenizer.json's entry ({"file", "bytes", "sha256"}); the chat turn format, if set at
+    # export (toolkit/serve/chat.py reads it; absent: the default format).
+    tokenizer: Mapping[str, Any] | None = None
+    chat_format: Mapping[str, Any] | None = None
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -204,6 +208,8 @@ class Manifest:
             versions=dict(data.get("versions") or {}),
             description=str(data.get("description") or DESCRIPTION),
             state_layout=str(data.get("state_layout") or STATE_LAYOUT),
+            tokenizer=_optional_object(data, "tokenizer", where),
+            chat_format=_optional_object(data, "chat_format", where),
         )
 
     # ----------------------------------------------------------------- writing
@@ -222,6 +228,8 @@ class Manifest:
             "artifacts": {name: a.to_dict() for name, a in sorted(self.artifacts.items())},
             "source": dict(self.source),
             "versions": dict(self.versions),
+            **({"tokenizer": dict(self.tokenizer)} if self.tokenizer else {}),
+            **({"chat_format": dict(self.chat_format)} if self.chat_format else {}),
         }
 
     def to_json(self) -> str:
@@ -270,6 +278,13 @@ class Manifest:
             f"this model folder has no {fmt} model (has: {have}); "
             f"create one with: toolkit export RUN_DIR --format {fmt}"
         )
+
+
+def _optional_object(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ModelFileError(f"{where}: {key!r} must be a JSON object")
+    return value
 
 
 def read_verified(model_dir: Path, artifact: Artifact) -> bytes:

@@ -33,6 +33,7 @@ from toolkit.serve.engine import Engine
 from toolkit.serve.model import ServedModel, ServeLimits
 from toolkit.serve.request import Event, NotAccepting, QueueFull, Request, deliver_each
 from toolkit.serve.state_token import StateTokenError, StreamState
+from toolkit.vocabulary import Vocabulary
 
 
 class ApiError(Exception):
@@ -73,7 +74,8 @@ class CompletionBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = None
-    prompt: StrictStr | list[StrictStr] = ""
+    # Text, or token ids as OpenAI allows: a list of ints, or a list of such lists.
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]] = ""
     max_tokens: StrictInt = 16
     temperature: float = Field(1.0, ge=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -264,7 +266,7 @@ class Server:
                 "invalid_request_error",
                 "model_not_found",
             )
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        prompts = prompt_texts(body.prompt, model.vocab)
         if not prompts or len(prompts) > limits.max_prompts:
             raise invalid(f"prompt: give 1 to {limits.max_prompts} prompts, got {len(prompts)}")
         if not 0 <= body.max_tokens <= limits.max_tokens:
@@ -410,6 +412,27 @@ class Server:
             "completion_tokens": completion_chars,
             "total_tokens": prompt_chars + completion_chars,
         }
+
+
+def prompt_texts(prompt: str | list[Any], vocab: Vocabulary) -> list[str]:
+    """The prompts as text: token ids are decoded (ids outside the vocabulary: a 422)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [ids_text(prompt, vocab, "prompt")]
+    if prompt and isinstance(prompt[0], list):
+        return [ids_text(ids, vocab, f"prompt[{i}]") for i, ids in enumerate(prompt)]
+    return list(prompt)
+
+
+def ids_text(ids: list[int], vocab: Vocabulary, where: str) -> str:
+    bad = sorted({i for i in ids if not 0 <= i < len(vocab)})
+    if bad:
+        shown = ", ".join(map(str, bad[:20]))
+        raise invalid(
+            f"{where}: token ids must be in [0, {len(vocab)}), got {shown}", "invalid_token"
+        )
+    return vocab.decode(ids)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -656,8 +679,11 @@ class EventStream(Response):
             watcher.cancel()
 
 
+TOKENIZER_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")
+
+
 class RequireKey:
-    """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` (health and metrics do
+    """ASGI middleware: /v1/ routes and the tokenizer's need `Authorization: Bearer KEY` (health and metrics do
     not, so that probes and scrapers need no secret)."""
 
     def __init__(self, app: Any, key: str) -> None:
@@ -665,7 +691,9 @@ class RequireKey:
         self.expected = f"Bearer {key}".encode()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and (
+            scope["path"].startswith("/v1/") or scope["path"] in TOKENIZER_PATHS
+        ):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 response = error_response(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit.chat_format import chat_format_of
 from toolkit.errors import UsageError
 from toolkit.runtime.backends import open_backend
 from toolkit.runtime.generator import check_backend, check_load_args, default_model_dir
@@ -60,6 +61,7 @@ class ServedModel:
         threads: int = 1,
         name: str | None = None,
         state_secret: str | None = None,
+        chat_format: Path | None = None,
     ) -> None:
         if runtime not in SERVE_RUNTIMES:
             raise UsageError(f"serve runs {', '.join(SERVE_RUNTIMES)}; got {runtime!r}")
@@ -76,6 +78,9 @@ class ServedModel:
         self.artifact = self.manifest.artifact(fmt, self.quantization)
         self.name = name or self.manifest.name
         self.vocab: Vocabulary = self.manifest.vocabulary
+        # The chat turn format: the file given, else the manifest's, else the default.
+        self.chat_format = chat_format_of(self.manifest.chat_format, chat_format)
+        self.chat_format.check_vocabulary(self.vocab, str(chat_format or "the chat format"))
         shape = self.manifest.model
         self.state_shape = (shape.layers, shape.units)
         self.codec = StateCodec(
@@ -120,4 +125,5 @@ class ServedModel:
             # Whether a seeded text is the same whatever shares its batch (measured at load).
             "batch_invariant": self.batch_invariant,
             "max_model_len": None,  # the state carries any length
+            "vocab": list(self.vocab.chars),  # token id = index
         }

@@ -17,6 +17,7 @@ from typing import Any
 
 from toolkit.errors import ModelFileError, UsageError
 from toolkit.serve.api import Server, create_app
+from toolkit.serve.chat import add_routes as add_chat_routes
 from toolkit.serve.model import ServedModel, ServeLimits
 
 
@@ -61,6 +62,7 @@ def serve(
         server.close()
 
     app = create_app(server)
+    add_chat_routes(app, server)
     app.router.lifespan_context = lifespan
     sock = bind(host, port)
     host_shown = f"[{host}]" if ":" in host else host
