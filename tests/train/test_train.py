@@ -256,7 +256,7 @@ def test_schedule_follows_the_steps_not_the_clock() -> None:
     # Without max_steps, the epochs are the budget.
     epochs = dataclasses.replace(cfg, max_steps=None, epochs=2)
     assert budget.progress(epochs, 500, n_batches, 1.0) == pytest.approx(0.25)
-    # A --max-minutes cap that binds first sets the schedule, as before.
+    # A --max-minutes cap that binds first sets the schedule.
     capped = dataclasses.replace(cfg, max_minutes=1.0)
     assert budget.progress(capped, 10, n_batches, 45.0) == pytest.approx(0.75)
     assert budget.progress(capped, 150, n_batches, 6.0) == pytest.approx(0.75)
