@@ -33,7 +33,7 @@ def test_tiny_run_directory_is_complete(tiny_run: Path) -> None:
     assert [r["epoch"] for r in rows] == [1.0, 2.0]  # epochs completed at each record
     for row in rows:
         assert row["val_bpc"] == pytest.approx(row["val_loss"] / np.log(2), rel=1e-3)
-        # Cold-start figures beside the carried-state loss (toolkit/cold_start.py).
+        # Cold-start figures beside the carried-state loss (toolkit/train/cold_start.py).
         assert row["cold_loss"] > 0 and 0 <= row["degenerate_starts"] <= row["cold_prompts"]
     assert info["cold_start"] == {k: rows[-1][k] for k in info["cold_start"]}
     # Two epochs of a tiny model still learn something: below uniform over the vocabulary.
