@@ -106,7 +106,7 @@ def main() -> None:
         "begin at a line start, each from zeros (first 8 characters in brackets). Degenerate: "
         "greedy 200 characters from zeros after each of the 40 most common speaker lines "
         "(`ROMEO:`, ...) that repeat a character 8 times, are < 60% letters and spaces, or "
-        "have fewer than half their letters in corpus words. Targets (issue 13): 0 of 40, and "
+        "have fewer than half their letters in corpus words. Targets: 0 of 40, and "
         "line-start loss ≤ carried + 0.12 nats.",
         "",
         "| model | carried val loss | line-start loss (first 8) | Δ | degenerate | greedy after `ROMEO:` "

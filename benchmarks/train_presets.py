@@ -27,7 +27,7 @@ from toolkit.machine import machine_info
 from toolkit.metrics import bits_per_char
 from toolkit.train.run_dir import iter_metrics
 
-# nats/char: the marks the presets keep wherever they run (issue 24)
+# nats/char: the marks the presets keep wherever they run
 TARGETS = {"quick": 1.60, "default": 1.45, "best": 1.42}
 
 

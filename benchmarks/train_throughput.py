@@ -165,7 +165,7 @@ def markdown(report: dict) -> str:
         "share the machine); cpu ms: the process's CPU time per step. bf16 is Keras's "
         "mixed_bfloat16 (bf16 math, float32 weights); `--precision auto` (the default) picks "
         "it where the CPU has bf16 instructions. fp32 runs the fused LSTM of "
-        "toolkit/fused_lstm.py"
+        "toolkit/train/fused_lstm.py"
         + (
             f"; `fp32 {baseline}` is revision {baseline}'s step (Keras's LSTM loop), "
             "imported from git into this process."

@@ -278,7 +278,7 @@ def test_cli_errors_are_one_line(tiny_export: Path, tf_blocker: Path, args: list
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    assert proc.stdout == ""  # refused before any text (the prompt used to be echoed first)
+    assert proc.stdout == ""  # refused before any text, the prompt included
 
 
 def test_cli_missing_model_dir(tmp_path: Path) -> None:

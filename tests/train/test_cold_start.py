@@ -48,7 +48,7 @@ def test_degenerate_text(shakespeare_text: str) -> None:
 
 
 def test_committed_model_starts_well_from_zeros(shakespeare_text: str) -> None:
-    """Issue 13's measure on the ready model: no degenerate greedy start of 40."""
+    """benchmarks/cold_start.py's measure on the ready model: no degenerate greedy start of 40."""
     gen = load(MODEL, runtime="onnx")
     vocab = Vocabulary(tuple(gen.chars))
     _, val = split_corpus(vocab.encode(shakespeare_text), 0.1)

@@ -1,4 +1,5 @@
-"""The fused float32 training step (toolkit/fused_lstm.py) computes what the Keras model does."""
+"""The fused float32 training step (toolkit/train/fused_lstm.py) computes what the Keras model
+does."""
 
 from __future__ import annotations
 
@@ -103,6 +104,6 @@ def test_fused_validation_pass_matches_keras() -> None:
     ids = np.random.default_rng(3).integers(0, 20, 16 * 150 + 1).astype(np.int32)
     assert trainer.eval_chunk() == FUSED_CHUNK
     fused = trainer.evaluate(ids)
-    trainer.fused_eval_step = None  # Keras's loop, as in b2a875a
+    trainer.fused_eval_step = None  # Keras's own LSTM loop
     assert trainer.eval_chunk() == 256
     assert fused == pytest.approx(trainer.evaluate(ids), abs=1e-5)

@@ -33,7 +33,7 @@ def test_tiny_run_directory_is_complete(tiny_run: Path) -> None:
     assert [r["epoch"] for r in rows] == [1.0, 2.0]  # epochs completed at each record
     for row in rows:
         assert row["val_bpc"] == pytest.approx(row["val_loss"] / np.log(2), rel=1e-3)
-        # Cold-start figures beside the carried-state loss (toolkit/cold_start.py).
+        # Cold-start figures beside the carried-state loss (toolkit/train/cold_start.py).
         assert row["cold_loss"] > 0 and 0 <= row["degenerate_starts"] <= row["cold_prompts"]
     assert info["cold_start"] == {k: rows[-1][k] for k in info["cold_start"]}
     # Two epochs of a tiny model still learn something: below uniform over the vocabulary.
@@ -256,7 +256,7 @@ def test_schedule_follows_the_steps_not_the_clock() -> None:
     # Without max_steps, the epochs are the budget.
     epochs = dataclasses.replace(cfg, max_steps=None, epochs=2)
     assert budget.progress(epochs, 500, n_batches, 1.0) == pytest.approx(0.25)
-    # A --max-minutes cap that binds first sets the schedule, as before.
+    # A --max-minutes cap that binds first sets the schedule.
     capped = dataclasses.replace(cfg, max_minutes=1.0)
     assert budget.progress(capped, 10, n_batches, 45.0) == pytest.approx(0.75)
     assert budget.progress(capped, 150, n_batches, 6.0) == pytest.approx(0.75)

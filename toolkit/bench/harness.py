@@ -69,31 +69,82 @@ def run_bench(
     out_dir: Path = Path("benchmarks/reports"),
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """Measure every runtime of `config` side by side, write the report (markdown, JSON,
+    chart) to out_dir and return it. Without a complete export at model_dir, every variant
+    is exported to a temporary folder first."""
     config.validate()
     run_dir = Path(run_dir)
+    model_dir = _exported(run_dir, model_dir, config, log)
+    factory = StepFactory(run_dir, model_dir)
+    floors = {t: gemv_floor(factory.weight_bytes(), t) for t in config.threads}
+    for t, f in floors.items():
+        log(
+            f"matrix-vector floor over {f['bytes'] / 1e6:.2f} MB, {t} thread(s): {f['p50_us']:.1f} us"
+        )
+    latency = _latency(factory, config, log)
+    _add_ratios(latency, floors, config)
+    generation = measure_generation(
+        model_dir, config.runtimes, config.batches, config.threads[0], config.rounds, log
+    )
+    per_runtime = _per_runtime(factory, run_dir, model_dir, config, log)
+    report = {
+        "name": config.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["toolkit", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None,
+        "machine": machine_info(),
+        "model": {**factory.manifest.model.sizes(), "source": dict(factory.manifest.source)},
+        "settings": {
+            "steps": config.steps,
+            "rounds": config.rounds,
+            "warmup": config.warmup,
+            "batches": config.batches,
+            "threads": config.threads,
+            "tensorflow_threads": "default (inter/intra-op chosen by TensorFlow)",
+            "numpy_threads": "BLAS pool limited to the row's thread count (threadpoolctl)",
+        },
+        "floor": floors[max(config.threads)],
+        "floors": {str(t): f for t, f in floors.items()},
+        "latency": latency,
+        "generation": generation,
+        "generation_settings": {
+            **GENERATION_SETTINGS,
+            "streaming": True,
+            "steps_per_round": {str(k): v for k, v in GENERATION_STEPS.items()},
+            "pairs_per_round": GENERATION_PAIRS,
+        },
+        "runtimes": per_runtime,
+        "targets": _targets(latency, per_runtime, generation),
+    }
+    write_report(report, out_dir)
+    return report
+
+
+def _exported(
+    run_dir: Path, model_dir: Path | None, config: BenchConfig, log: Callable[[str], None]
+) -> Path:
+    """The export folder to measure: model_dir (default exported/RUN) if it has every
+    variant the runtimes need, else a fresh export of them all in a temporary folder."""
     model_dir = Path(model_dir) if model_dir else Path("exported") / run_dir.resolve().name
     needs = {
         (file_format(RUNTIMES[r][1]), RUNTIMES[r][2])
         for r in config.runtimes
         if RUNTIMES[r][0] == "exported"
     }
-    tmp_export = None
-    if not _has_all(model_dir, needs):
-        from toolkit.export.exporter import export_run
+    if _has_all(model_dir, needs):
+        return model_dir
+    from toolkit.export.exporter import export_run
 
-        tmp_export = Path(tempfile.mkdtemp(prefix="bench-export-")) / run_dir.resolve().name
-        log(f"exporting every variant to {tmp_export} (no complete export at {model_dir})")
-        export_run(run_dir, tmp_export, quantization="all", log=log)
-        model_dir = tmp_export
+    tmp_export = Path(tempfile.mkdtemp(prefix="bench-export-")) / run_dir.resolve().name
+    log(f"exporting every variant to {tmp_export} (no complete export at {model_dir})")
+    export_run(run_dir, tmp_export, quantization="all", log=log)
+    return tmp_export
 
-    factory = StepFactory(run_dir, model_dir)
-    manifest = factory.manifest
-    floors = {t: gemv_floor(factory.weight_bytes(), t) for t in config.threads}
-    for t, f in floors.items():
-        log(
-            f"matrix-vector floor over {f['bytes'] / 1e6:.2f} MB, {t} thread(s): {f['p50_us']:.1f} us"
-        )
 
+def _latency(
+    factory: StepFactory, config: BenchConfig, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """One row per runtime, batch and thread count: latency percentiles and characters per
+    second, the runtimes of each (batch, threads) measured in interleaved rounds."""
     # Keras predict and model(x) are far slower than the rest: fewer steps, same rounds.
     scale = {"keras-predict": 0.1, "keras-call": 0.3}
     latency: list[dict[str, Any]] = []
@@ -122,8 +173,14 @@ def run_bench(
                         "chars_per_sec": batch / (stats["p50_us"] / 1e6),
                     }
                 )
+    return latency
 
-    # Speed-ups and floor ratios, per (batch, threads) row, against Keras on the same batch.
+
+def _add_ratios(
+    latency: list[dict[str, Any]], floors: dict[int, dict[str, Any]], config: BenchConfig
+) -> None:
+    """Speed-ups against Keras on the same batch, and at batch 1 the ratio to the
+    matrix-vector floor, added to each latency row."""
     for row in latency:
         same = [r for r in latency if r["batch"] == row["batch"]]
         for ref in ("keras-predict", "keras-call"):
@@ -135,10 +192,17 @@ def run_bench(
             floor_threads = row["threads"] or max(config.threads)
             row["floor_ratio"] = row["p50_us"] / floors[floor_threads]["p50_us"]
 
-    generation = measure_generation(
-        model_dir, config.runtimes, config.batches, config.threads[0], config.rounds, log
-    )
 
+def _per_runtime(
+    factory: StepFactory,
+    run_dir: Path,
+    model_dir: Path,
+    config: BenchConfig,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
+    """Per runtime: its file, size and validation bits/char, the time to the first character
+    after a prompt of `config.prompt_chars` characters and, in fresh processes, start-up."""
+    manifest = factory.manifest
     prompt = _prompt_text(factory, config.prompt_chars)
     per_runtime: dict[str, dict[str, Any]] = {}
     for runtime in config.runtimes:
@@ -161,37 +225,7 @@ def run_bench(
             entry["startup"] = startup(target, rt, variant, config.startup_runs)
         per_runtime[runtime] = entry
         log(f"{runtime}: {json.dumps(entry)}")
-
-    report = {
-        "name": config.name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["toolkit", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None,
-        "machine": machine_info(),
-        "model": {**manifest.model.sizes(), "source": dict(manifest.source)},
-        "settings": {
-            "steps": config.steps,
-            "rounds": config.rounds,
-            "warmup": config.warmup,
-            "batches": config.batches,
-            "threads": config.threads,
-            "tensorflow_threads": "default (inter/intra-op chosen by TensorFlow)",
-            "numpy_threads": "BLAS pool limited to the row's thread count (threadpoolctl)",
-        },
-        "floor": floors[max(config.threads)],
-        "floors": {str(t): f for t, f in floors.items()},
-        "latency": latency,
-        "generation": generation,
-        "generation_settings": {
-            **GENERATION_SETTINGS,
-            "streaming": True,
-            "steps_per_round": {str(k): v for k, v in GENERATION_STEPS.items()},
-            "pairs_per_round": GENERATION_PAIRS,
-        },
-        "runtimes": per_runtime,
-        "targets": _targets(latency, per_runtime, generation),
-    }
-    write_report(report, out_dir)
-    return report
+    return per_runtime
 
 
 def _has_all(model_dir: Path, needs: set[tuple[str, str]]) -> bool:

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from toolkit.runtime.backends.c_decode import (
 )
 from toolkit.runtime.manifest import Manifest
 from toolkit.runtime.pattern import Pattern, compile_choice, compile_regex
+from toolkit.vocabulary import Vocabulary
 
 SRC = Path(__file__).resolve().parent / "src"
 GCC = "arm-none-eabi-gcc"
@@ -247,64 +249,27 @@ def build_firmware(
     rule, the integer sampler, PCG32 seeded with `seed`): the text of
     CBackend.decode_native for the same options."""
     b = board(board_name)
-    if length < 1:
-        raise UsageError(f"length must be >= 1, got {length}")
-    if regex is not None and choices:
-        raise UsageError("give a regex or choices, not both")
-    if top_k < 0:
-        raise UsageError(f"top-k must be >= 0 (0 means no limit), got {top_k}")
-    if not 0 <= seed < 2**64:
-        raise UsageError(f"seed must be in 0..2^64-1, got {seed}")
+    _check_options(length, regex, choices, top_k, seed)
     milli = temperature_milli(temperature)
     manifest = Manifest.read(Path(model_dir))
     files = read_c_files(Path(model_dir), manifest)
     vocab = manifest.vocabulary
-    pattern: Pattern | None = None
-    if regex is not None:
-        pattern = compile_regex(regex, vocab.chars)
-    elif choices:
-        pattern = compile_choice(choices, vocab.chars)
-    if pattern is not None:
-        pattern.check_length(length)
+    pattern = _pattern(regex, choices, vocab.chars, length)
     decode = pattern is not None or milli > 0
-    text = prompt or vocab.start_text
-    unknown = vocab.unknown(text)
-    if unknown:
-        shown = ", ".join(repr(ch) for ch in unknown[:20])
-        raise UsageError(f"prompt has characters not in the model's vocabulary: {shown}")
-    tokens = [int(t) for t in vocab.encode(text)]
+    tokens = _prompt_tokens(prompt or vocab.start_text, vocab)
     gcc = need_tool(GCC, "gcc-arm-none-eabi libnewlib-arm-none-eabi")
     size_tool = need_tool(SIZE, "binutils-arm-none-eabi")
     out_dir = Path(out_dir).resolve()  # gcc runs in out_dir: relative paths would nest
     prepare_out_dir(out_dir)
-    for name, data in files.items():
-        (out_dir / name).write_bytes(data)
     extra: dict[str, bytes] = {}  # the decoder's sources, compiled beside main.c
     if decode:
         extra.update(decoder_sources())
     if pattern is not None:
         extra.update(pattern_sources(pattern, len(vocab.chars)))
-    for name, data in extra.items():
+    for name, data in {**files, **extra}.items():
         (out_dir / name).write_bytes(data)
-    config = (
-        "/* Written by `toolkit firmware`: the prompt and length of this build. */\n"
-        f"#define FW_PROMPT_TOKENS {c_literal(tokens)}\n"
-        f"#define FW_PROMPT_STEPS {len(tokens)}u\n"
-        f"#define FW_LENGTH {int(length)}u\n"
-        f"#define FW_CALIB_LOOPS {CALIB_LOOPS}u\n"
-    )
-    if decode:
-        config += (
-            "#define FW_DECODE 1\n"
-            f"#define FW_TEMPERATURE_MILLI {milli}\n"
-            f"#define FW_TOP_K {int(top_k)}\n"
-            f"#define FW_SEED {int(seed)}ull\n"
-        )
-        if pattern is not None:
-            config += f'#include "{PATTERN_NAME}.h"\n#define FW_PATTERN (&{PATTERN_NAME}_table)\n'
-        else:
-            config += "#define FW_PATTERN ((const char_lstm_pattern *)0)\n"
-    (out_dir / "firmware_config.h").write_text(config)
+    sampler = (milli, top_k, seed) if decode else None
+    (out_dir / "firmware_config.h").write_text(firmware_config(tokens, length, sampler, pattern))
     cflags = [
         f"-mcpu={cpu or b.cpu}",
         *COMMON_FLAGS,
@@ -313,40 +278,15 @@ def build_firmware(
         f"-I{SRC}",
         *(["-DCHAR_LSTM_PORTABLE_MATVEC"] if portable_matvec else []),
     ]
-    objs = {"char_lstm": model_object(gcc, cflags, files, out_dir)}
-    sources = [SRC / "startup.c", SRC / "main.c", *(out_dir / n for n in extra if n.endswith(".c"))]
-    for src in sources:
-        obj = out_dir / f"{src.stem}.o"
-        _run([gcc, *cflags, "-c", str(src), "-o", str(obj)], out_dir, f"compiling {src.name}")
-        objs[src.stem] = obj
+    extra_c = [out_dir / n for n in extra if n.endswith(".c")]
+    objs = _compile(gcc, cflags, files, out_dir, [SRC / "startup.c", SRC / "main.c", *extra_c])
     model_text, model_data, model_bss = object_sizes(size_tool, objs["char_lstm"])
-    flash = ram = 0
-    for obj in objs.values():
-        text_bytes, data_bytes, bss_bytes = object_sizes(size_tool, obj)
-        flash += text_bytes + data_bytes
-        ram += data_bytes + bss_bytes
+    flash, ram = _footprint(size_tool, list(objs.values()))
     stack = static_stack(sorted(out_dir.glob("*.ci")), ("Reset_Handler", "HardFault_Handler"))
     stack_reserve = max(MIN_STACK, -(-(stack + 256) // 256) * 256)
     chosen = choose_part(b, flash + FLASH_MARGIN, ram + stack_reserve, part)
-    (out_dir / "link.ld").write_text(linker_script(chosen, stack_reserve))
-    elf = out_dir / "firmware.elf"
-    elf.unlink(missing_ok=True)
-    link = [
-        gcc, *cflags, "-nostdlib", "-T", str(out_dir / "link.ld"), "-Wl,--gc-sections",
-        f"-Wl,-Map={out_dir / 'firmware.map'}", *(str(o) for o in objs.values()), "-lgcc",
-        "-o", str(elf),
-    ]  # fmt: skip
-    proc = subprocess.run(link, cwd=out_dir, capture_output=True, text=True)
-    if proc.returncode != 0:
-        over = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", proc.stderr)
-        if over:
-            what = ", ".join(f"{region} by {int(n):,} bytes" for region, n in over)
-            raise FirmwareError(
-                f"the model does not fit {chosen.name} ({chosen.flash // KB} KB flash, "
-                f"{chosen.ram // KB} KB RAM): {what} (char_lstm.o needs "
-                f"{model_text + model_data:,} bytes of flash)"
-            )
-        raise FirmwareError(f"linking the firmware failed: {first_error(proc.stderr)}")
+    model_flash = model_text + model_data
+    elf = _link(gcc, cflags, list(objs.values()), out_dir, chosen, stack_reserve, model_flash)
     sections = section_sizes(size_tool, elf)
     flash_sections = (".isr_vector", ".text", ".rodata", ".ARM.exidx", ".data")
     info = FirmwareInfo(
@@ -360,7 +300,7 @@ def build_firmware(
         ram_bytes=sections.get(".data", 0) + sections.get(".bss", 0),
         stack_static_bytes=stack,
         stack_reserved_bytes=stack_reserve,
-        model_flash_bytes=model_text + model_data,
+        model_flash_bytes=model_flash,
         model_ram_bytes=model_data + model_bss,
         portable_matvec=portable_matvec,
         prompt=prompt,
@@ -376,6 +316,127 @@ def build_firmware(
     )
     (out_dir / MARKER).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info
+
+
+def _check_options(
+    length: int, regex: str | None, choices: list[str] | None, top_k: int, seed: int
+) -> None:
+    if length < 1:
+        raise UsageError(f"length must be >= 1, got {length}")
+    if regex is not None and choices:
+        raise UsageError("give a regex or choices, not both")
+    if top_k < 0:
+        raise UsageError(f"top-k must be >= 0 (0 means no limit), got {top_k}")
+    if not 0 <= seed < 2**64:
+        raise UsageError(f"seed must be in 0..2^64-1, got {seed}")
+
+
+def _pattern(
+    regex: str | None, choices: list[str] | None, chars: Sequence[str], length: int
+) -> Pattern | None:
+    """The compiled regex or choice list, refused here if no text of `length` can match."""
+    pattern: Pattern | None = None
+    if regex is not None:
+        pattern = compile_regex(regex, chars)
+    elif choices:
+        pattern = compile_choice(choices, chars)
+    if pattern is not None:
+        pattern.check_length(length)
+    return pattern
+
+
+def _prompt_tokens(text: str, vocab: Vocabulary) -> list[int]:
+    unknown = vocab.unknown(text)
+    if unknown:
+        shown = ", ".join(repr(ch) for ch in unknown[:20])
+        raise UsageError(f"prompt has characters not in the model's vocabulary: {shown}")
+    return [int(t) for t in vocab.encode(text)]
+
+
+def firmware_config(
+    tokens: list[int],
+    length: int,
+    sampler: tuple[int, int, int] | None,
+    pattern: Pattern | None,
+) -> str:
+    """firmware_config.h: the prompt and length, and with `sampler` (temperature in
+    thousandths, top-k, seed) the C decoder's settings and the pattern table, if any."""
+    config = (
+        "/* Written by `toolkit firmware`: the prompt and length of this build. */\n"
+        f"#define FW_PROMPT_TOKENS {c_literal(tokens)}\n"
+        f"#define FW_PROMPT_STEPS {len(tokens)}u\n"
+        f"#define FW_LENGTH {int(length)}u\n"
+        f"#define FW_CALIB_LOOPS {CALIB_LOOPS}u\n"
+    )
+    if sampler is None:
+        return config
+    milli, top_k, seed = sampler
+    config += (
+        "#define FW_DECODE 1\n"
+        f"#define FW_TEMPERATURE_MILLI {milli}\n"
+        f"#define FW_TOP_K {int(top_k)}\n"
+        f"#define FW_SEED {int(seed)}ull\n"
+    )
+    if pattern is not None:
+        config += f'#include "{PATTERN_NAME}.h"\n#define FW_PATTERN (&{PATTERN_NAME}_table)\n'
+    else:
+        config += "#define FW_PATTERN ((const char_lstm_pattern *)0)\n"
+    return config
+
+
+def _compile(
+    gcc: str, cflags: list[str], files: dict[str, bytes], out_dir: Path, sources: list[Path]
+) -> dict[str, Path]:
+    """Object files by stem: char_lstm.o (cached) and one per source, in out_dir."""
+    objs = {"char_lstm": model_object(gcc, cflags, files, out_dir)}
+    for src in sources:
+        obj = out_dir / f"{src.stem}.o"
+        _run([gcc, *cflags, "-c", str(src), "-o", str(obj)], out_dir, f"compiling {src.name}")
+        objs[src.stem] = obj
+    return objs
+
+
+def _footprint(size_tool: str, objs: list[Path]) -> tuple[int, int]:
+    """(flash, RAM) the objects need before linking: text + data, data + bss."""
+    flash = ram = 0
+    for obj in objs:
+        text_bytes, data_bytes, bss_bytes = object_sizes(size_tool, obj)
+        flash += text_bytes + data_bytes
+        ram += data_bytes + bss_bytes
+    return flash, ram
+
+
+def _link(
+    gcc: str,
+    cflags: list[str],
+    objs: list[Path],
+    out_dir: Path,
+    chosen: Part,
+    stack: int,
+    model_flash: int,
+) -> Path:
+    """out_dir/firmware.elf, linked for `chosen` with `stack` bytes reserved; a model that
+    does not fit the part's flash or RAM fails in one line."""
+    (out_dir / "link.ld").write_text(linker_script(chosen, stack))
+    elf = out_dir / "firmware.elf"
+    elf.unlink(missing_ok=True)
+    link = [
+        gcc, *cflags, "-nostdlib", "-T", str(out_dir / "link.ld"), "-Wl,--gc-sections",
+        f"-Wl,-Map={out_dir / 'firmware.map'}", *(str(o) for o in objs), "-lgcc",
+        "-o", str(elf),
+    ]  # fmt: skip
+    proc = subprocess.run(link, cwd=out_dir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        over = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", proc.stderr)
+        if over:
+            what = ", ".join(f"{region} by {int(n):,} bytes" for region, n in over)
+            raise FirmwareError(
+                f"the model does not fit {chosen.name} ({chosen.flash // KB} KB flash, "
+                f"{chosen.ram // KB} KB RAM): {what} (char_lstm.o needs "
+                f"{model_flash:,} bytes of flash)"
+            )
+        raise FirmwareError(f"linking the firmware failed: {first_error(proc.stderr)}")
+    return elf
 
 
 def build_matvec_test(board_name: str, out_dir: Path) -> Path:
