@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -110,6 +111,37 @@ def test_chat_is_a_completion_of_the_turns(client: openai.OpenAI) -> None:
     assert [c.message.content for c in two.choices] == [c.text for c in texts.choices]
 
 
+def test_chat_logprobs_and_controls_are_the_completions(client: openai.OpenAI) -> None:
+    """logprobs/top_logprobs in the chat API's shape, streamed or not, equal the completions
+    endpoint's for the rendered turns; a pattern and penalties reach the reply too."""
+    options: dict[str, Any] = {"model": "shakespeare", "temperature": 0.8, "seed": 4}
+    options |= {"max_tokens": 60, "frequency_penalty": 0.5}
+    reply = client.chat.completions.create(
+        messages=MESSAGES, logprobs=True, top_logprobs=3, **options
+    )
+    completion = client.completions.create(prompt=RENDERED, stop="\n\n", logprobs=3, **options)
+    content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None
+    assert "".join(c.token for c in content) == reply.choices[0].message.content
+    want = completion.choices[0].logprobs
+    assert want is not None and [c.logprob for c in content] == want.token_logprobs
+    assert all(len(c.top_logprobs) == 3 for c in content)
+    chunks = client.chat.completions.create(
+        messages=MESSAGES, logprobs=True, top_logprobs=3, stream=True, **options
+    )
+    streamed = [
+        x.logprob
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for x in c.choices[0].logprobs.content or []
+    ]
+    assert streamed == [c.logprob for c in content]
+    shaped = client.chat.completions.create(
+        messages=MESSAGES, extra_body={"guided_choice": ["Ay, my lord.", "No."]}, **options
+    )
+    assert shaped.choices[0].message.content in ("Ay, my lord.", "No.")
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
@@ -118,6 +150,11 @@ def test_chat_is_a_completion_of_the_turns(client: openai.OpenAI) -> None:
         ({"messages": [{"role": "user", "content": "Caf\u00e9"}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": "a", "name": "\u00c9"}]}, "messages[0].name"),
         ({"messages": [{"role": "user"}], "logprobs": 3}, "logprobs"),
+        ({"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}, "needs logprobs"),
+        (
+            {"messages": [{"role": "user", "content": "a"}], "logprobs": True, "top_logprobs": 21},
+            "top_logprobs",
+        ),
         ({"messages": "hello"}, "messages"),
         ({"messages": [{"role": "user", "content": "a"}], "model": "gpt-4"}, "does not exist"),
     ],

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
+from toolkit.runtime.decode import Score
 from toolkit.serve.api import (
     ApiError,
     EventStream,
@@ -188,12 +189,16 @@ class ChatBody(BaseModel):
     seed: StrictInt | None = Field(None, ge=0, lt=2**63)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    # The controls of the completions endpoint, in the chat API's shape.
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_regex: StrictStr | None = None
+    guided_choice: list[StrictStr] | None = None
     # Not implemented here: refused unless left at their default.
-    logprobs: Literal[False, None] = None
-    top_logprobs: Literal[0, None] = None
-    presence_penalty: Literal[0, None] = None
-    frequency_penalty: Literal[0, None] = None
-    logit_bias: dict[str, Any] | None = None
     tools: Literal[None] = None
     response_format: dict[str, Any] | None = None
 
@@ -229,8 +234,8 @@ def prepare_chat(server: Server, data: Any, loop: asyncio.AbstractEventLoop) -> 
         body = ChatBody.model_validate(data)
     except PydanticValidationError as exc:
         raise invalid(_validation_message(exc), "invalid_type") from None
-    if body.logit_bias:
-        raise invalid("logit_bias is not supported")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise invalid("top_logprobs needs logprobs: true")
     if body.response_format not in (None, {"type": "text"}):
         raise invalid("response_format: only {'type': 'text'} is supported")
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
@@ -249,6 +254,13 @@ def prepare_chat(server: Server, data: Any, loop: asyncio.AbstractEventLoop) -> 
         "seed": body.seed,
         "stream": body.stream,
         "stream_options": body.stream_options.model_dump() if body.stream_options else None,
+        "logprobs": (body.top_logprobs or 0) if body.logprobs else None,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "logit_bias": body.logit_bias,
+        "structured_outputs": body.structured_outputs,
+        "guided_regex": body.guided_regex,
+        "guided_choice": body.guided_choice,
     }
     return server.prepare(completion, loop)
 
@@ -276,19 +288,23 @@ async def _chat_complete(
 ) -> Response:
     watcher = asyncio.create_task(_watch_disconnect(http.receive, lambda: server.cancel(prepared)))
     texts = ["" for _ in range(prepared.body.n)]
+    scores: list[list[Score]] = [[] for _ in range(prepared.body.n)]
     reasons: list[str | None] = [None] * prepared.body.n
     try:
         async for index, event in server.events(prepared):
             texts[index] += event.text
+            scores[index] += event.logprobs or []
             if event.finish_reason is not None:
                 reasons[index] = event.finish_reason
     finally:
         watcher.cancel()
+    chars = server.model.vocab.chars
+    scored = prepared.body.logprobs is not None
     choices = [
         {
             "index": i,
             "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "logprobs": chat_logprobs(chars, text, scores[i]) if scored else None,
             "finish_reason": reasons[i],
         }
         for i, text in enumerate(texts)
@@ -304,8 +320,12 @@ async def _chat_sse(
     finish_reason, usage if asked for, then [DONE] (OpenAI's order)."""
     head = {**meta, "object": "chat.completion.chunk"}
 
-    def chunk(index: int, delta: dict[str, str], finish: str | None = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    chars, scored = server.model.vocab.chars, prepared.body.logprobs is not None
+
+    def chunk(
+        index: int, delta: dict[str, str], finish: str | None = None, logprobs: Any = None
+    ) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return _event({**head, "choices": [choice]})
 
     for index in range(prepared.body.n):
@@ -314,13 +334,27 @@ async def _chat_sse(
     async for index, event in server.events(prepared):
         generated += len(event.text)
         if event.text:
-            yield chunk(index, {"content": event.text})
+            logprobs = chat_logprobs(chars, event.text, event.logprobs or []) if scored else None
+            yield chunk(index, {"content": event.text}, None, logprobs)
         if event.finish_reason is not None:
             yield chunk(index, {}, event.finish_reason)
     options = prepared.body.stream_options
     if options is not None and options.include_usage:
         yield _event({**head, "choices": [], "usage": server.usage(prepared, generated)})
     yield b"data: [DONE]\n\n"
+
+
+def chat_logprobs(chars: tuple[str, ...], text: str, scores: list[Score]) -> dict[str, Any]:
+    """The chat API's `logprobs`: per character (a token here), its log-probability, its
+    UTF-8 bytes and the most likely characters with theirs."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = []
+    for ch, (lp, top) in zip(text, scores, strict=True):
+        content.append({**entry(ch, lp), "top_logprobs": [entry(chars[t], v) for t, v in top]})
+    return {"content": content}
 
 
 def _event(data: dict[str, Any]) -> bytes:
