@@ -104,7 +104,9 @@ async def stream_one(
     return text, first, gaps, reason
 
 
-async def run_level(url: str, clients: int, chars: int, seconds: float) -> dict[str, Any]:
+async def run_level(
+    url: str, clients: int, chars: int, seconds: float, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     deadline = time.perf_counter() + seconds
     ttfc: list[float] = []
     gaps: list[float] = []
@@ -121,6 +123,7 @@ async def run_level(url: str, clients: int, chars: int, seconds: float) -> dict[
                 "temperature": 0.8,
                 "seed": k * 1000 + i,
                 "stream": True,
+                **(extra or {}),
             }
             text, first, chunk_gaps, _ = await stream_one(url, body)
             received += len(text)
@@ -151,14 +154,19 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def measure_server(
-    model: Path, levels: list[int], chars: int, seconds: float, args: list[str]
+    model: Path,
+    levels: list[int],
+    chars: int,
+    seconds: float,
+    args: list[str],
+    extra: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     server = start_server(model, *args)
     try:
-        asyncio.run(run_level(server.v1, 4, chars, 1.0))  # warm-up
+        asyncio.run(run_level(server.v1, 4, chars, 1.0, extra))  # warm-up
         rows = []
         for clients in levels:
-            row = asyncio.run(run_level(server.v1, clients, chars, seconds))
+            row = asyncio.run(run_level(server.v1, clients, chars, seconds, extra))
             print(f"  {' '.join(args)}: {row}", flush=True)
             rows.append(row)
         return rows
@@ -351,6 +359,24 @@ def write_report(data: dict[str, Any], out: Path) -> None:
             f"| {row['clients']} | {s['ttfc_p50_ms']} / {s['ttfc_p99_ms']} | "
             f"{s['chunk_gap_p50_ms']} / {s['chunk_gap_p99_ms']} |"
         )
+    if any("logprobs" in row for row in levels):
+        lines += [
+            "",
+            f"With `logprobs: {data['logprobs']}` (each character's log-probability and the "
+            f"{data['logprobs']} most likely, in every streamed chunk), the same batched server "
+            "and clients, measured right after the plain run. Target: at most 15% more per "
+            "character than without.",
+            "",
+            "| clients | chars/s without | with logprobs | cost per character |",
+            "|---:|---:|---:|---:|",
+        ]
+        for row in levels:
+            b, lp = row["batched"], row["logprobs"]
+            cost = 100 * (b["chars_per_s"] / lp["chars_per_s"] - 1)
+            lines.append(
+                f"| {row['clients']} | {b['chars_per_s']:,.0f} | {lp['chars_per_s']:,.0f} | "
+                f"{cost:+.0f}% |"
+            )
     lines += ["", "## Targets (64 streams)", ""]
     for target in data["targets"]:
         lines.append(
@@ -419,6 +445,9 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild serve.md and serve.png from serve.json"
     )
+    parser.add_argument(
+        "--logprobs", type=int, default=5, help="also measure the batched server with logprobs: N"
+    )
     args = parser.parse_args()
     if args.report_only:
         data = json.loads((args.out / "serve.json").read_text())
@@ -428,6 +457,13 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     print("batched server", flush=True)
     batched = measure_server(args.model, levels, args.chars, args.seconds, ["--max-batch", "64"])
+    scored: list[dict[str, Any]] = []
+    if args.logprobs is not None:
+        print(f"batched server, logprobs {args.logprobs}", flush=True)
+        extra = {"logprobs": args.logprobs}
+        scored = measure_server(
+            args.model, levels, args.chars, args.seconds, ["--max-batch", "64"], extra
+        )
     print("one request at a time", flush=True)
     sequential = measure_server(
         args.model, levels, args.chars, args.seconds, ["--max-batch", "1", "--max-queue", "1024"]
@@ -439,6 +475,7 @@ def main() -> None:
                 "clients": clients,
                 "batched": b,
                 "sequential": s,
+                **({"logprobs": scored[len(rows)]} if scored else {}),
                 "bare": bare_step(args.model, min(clients, 64), threads=1),
             }
         )
@@ -450,9 +487,9 @@ def main() -> None:
         p99 = at64["batched"]["chunk_gap_p99_ms"]
         targets = [
             {
-                "what": "aggregate >= 0.6x the bare batched step",
+                "what": "aggregate >= 0.85x the bare batched step",
                 "value": f"{vs_bare:.2f}x",
-                "met": vs_bare >= 0.6,
+                "met": vs_bare >= 0.85,
             },
             {
                 "what": "aggregate >= 3x the one-at-a-time server",
@@ -471,6 +508,7 @@ def main() -> None:
         "chars": args.chars,
         "seconds": args.seconds,
         "levels": rows,
+        "logprobs": args.logprobs,
         "targets": targets,
         "note": args.note,
     }

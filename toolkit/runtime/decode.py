@@ -23,6 +23,7 @@ small model's step costs only tens of microseconds); it is the same stages in th
 from __future__ import annotations
 
 import collections
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -215,7 +216,7 @@ class Row:
         # the decoder's first controlled step.
         self.counts: np.ndarray | None = None
         # Per character in `out`: its log-probability and the top alternatives (token, lp).
-        self.logprobs: list[tuple[float, list[tuple[int, float]]]] = []
+        self.logprobs: list[Score] = []
 
     @property
     def held(self) -> int:
@@ -244,7 +245,12 @@ class _Plan:
     single_draws: list[Callable[[], float]]  # ... and their groups' `uniform`
     stops: list[tuple[int, Row]]  # (position, row) of rows with stop strings
     controlled: list[tuple[int, Row]]  # rows with a pattern, logit bias or penalties
-    scored: list[tuple[int, Row]]  # rows whose log-probabilities are kept
+    bias: tuple[np.ndarray, np.ndarray] | None  # positions with a logit bias, their biases
+    penalised: list[tuple[int, Row]]  # rows with presence or frequency penalties
+    patterns: list[tuple[PatternMasks, np.ndarray, list[Row]]]  # rows sharing a pattern
+    scored_positions: np.ndarray  # rows whose log-probabilities are kept ...
+    scored_rows: list[Row]
+    scored_tops: list[int]  # ... and how many likely characters each keeps
     uniforms: np.ndarray  # float64 [rows]
     tokens: np.ndarray  # int32 [rows]
     # Characters each row had left when the plan was made, and steps since: a row ends on
@@ -252,7 +258,8 @@ class _Plan:
     left: np.ndarray  # int64 [rows]
     steps: int = 0
     next_end: int = 0  # the fewest characters left of an open row
-    one: Callable[[np.ndarray], int] | None = None  # a lone row's draw (step_one)
+    one: Callable[[np.ndarray], int] | None = None  # a lone plain row's draw (step_one) ...
+    lone: Callable[[np.ndarray], int] | None = None  # ... and a lone row's draw after stages
 
 
 class Decoder:
@@ -319,11 +326,22 @@ class Decoder:
             tokens[positions] = draw_filtered(
                 logits[positions], u[positions], o.temperature, o.top_k, o.top_p
             )
+        return self._settle(plan, raw, tokens, may_end, ended)
+
+    def _settle(
+        self,
+        plan: _Plan,
+        raw: np.ndarray,
+        tokens: np.ndarray,
+        may_end: list[tuple[int, np.ndarray]],
+        ended: list[int],
+    ) -> np.ndarray:
+        """After the draw: the rows' scores, characters, automata and ends."""
         for position, allowed in may_end:  # a character that cannot continue: the match ends
             if not allowed[tokens[position]]:
                 self.rows[position].finish = "stop"
                 ended.append(position)
-        if plan.scored:
+        if plan.scored_rows:
             self._score(raw, plan, tokens)
         for row, token in zip(self.rows, tokens.tolist(), strict=True):
             if row.finish is None:
@@ -364,42 +382,52 @@ class Decoder:
         ends the match (returned, with the allowed set, for after the draw). A row whose
         pattern cannot continue at all ends here."""
         logits = logits.copy()
+        if plan.bias is not None:
+            logits[plan.bias[0]] += plan.bias[1]
+        for position, row in plan.penalised:
+            o = row.group.options
+            if row.counts is None:
+                row.counts = np.zeros(self.vocab_size, np.float32)
+            penalty = o.frequency_penalty * row.counts + o.presence_penalty * (row.counts > 0)
+            logits[position] -= penalty
         may_end: list[tuple[int, np.ndarray]] = []
-        for position, row in plan.controlled:
-            group, o, z = row.group, row.group.options, logits[position]
-            if group.bias is not None:
-                z += group.bias
-            if o.presence_penalty or o.frequency_penalty:
-                if row.counts is None:
-                    row.counts = np.zeros(self.vocab_size, np.float32)
-                z -= o.frequency_penalty * row.counts + o.presence_penalty * (row.counts > 0)
-            pattern = group.pattern
-            if pattern is None or row.finish is not None:
-                continue
-            allowed = pattern.allowed(row.state, int(plan.left[position]) - plan.steps)
-            if not pattern.accepting[row.state]:
-                z[~allowed] = -np.inf
-            elif allowed.any():
-                may_end.append((position, allowed))
-            else:
-                row.finish = "stop"
-                ended.append(position)
+        for masks, positions, rows in plan.patterns:
+            states = np.array([row.state for row in rows])
+            left = plan.left[positions] - plan.steps
+            allowed = masks.live[states]  # [rows, vocab], exact while the end is far
+            for k in np.flatnonzero(left <= masks.far).tolist():
+                allowed[k] = masks.pattern.allowed(rows[k].state, int(left[k]))
+            accepting = masks.pattern.accepting[states]
+            free = accepting | np.array([row.finish is not None for row in rows])  # no mask
+            logits[positions] = np.where(allowed | free[:, None], logits[positions], -np.inf)
+            for k in np.flatnonzero(accepting).tolist():
+                if rows[k].finish is not None:
+                    continue
+                if allowed[k].any():
+                    may_end.append((int(positions[k]), allowed[k]))
+                else:
+                    rows[k].finish = "stop"
+                    ended.append(int(positions[k]))
         return logits, may_end
 
     def _score(self, logits: np.ndarray, plan: _Plan, tokens: np.ndarray) -> None:
         """Each scored row's log-probability of its character and its most likely ones."""
-        positions = np.array([p for p, _ in plan.scored])
-        tops = [row.group.options.logprobs or 0 for _, row in plan.scored]
+        positions, rows, tops = plan.scored_positions, plan.scored_rows, plan.scored_tops
         scores = score_tokens(logits[positions], tokens[positions], tops)
-        for (_, row), score in zip(plan.scored, scores, strict=True):
+        for row, score in zip(rows, scores, strict=True):
             if row.finish is None:
                 row.logprobs.append(score)
 
     def step_one(self, logits: np.ndarray) -> int:
         """`step` for a lone row, the token as a Python int."""
         plan = self._plan = self._plan or self._make_plan()
-        if plan.one is None:  # a controlled or scored row: the stages of `step`
-            return int(self.step(logits)[0])
+        if plan.one is None:  # a controlled or scored row: `step`'s stages, this row's draw
+            ended: list[int] = []
+            self.ended = ended
+            z, may_end = self._control(logits, plan, ended) if plan.controlled else (logits, [])
+            assert plan.lone is not None
+            plan.tokens[0] = plan.lone(z)
+            return int(self._settle(plan, logits, plan.tokens, may_end, ended)[0])
         token = plan.one(logits)
         row = self.rows[0]
         if self.ended:
@@ -447,6 +475,7 @@ class Decoder:
             every = choices == list(range(group.n))  # all of the group's rows, in order
             sources.append((group, _positions(positions, n), slice(None) if every else choices))
         left = np.array([row.remaining for row in rows], np.int64)
+        scored = [i for i, r in enumerate(rows) if r.group.options.logprobs is not None]
         open_left = [row.remaining for row in rows if row.finish is None]
         return _Plan(
             greedy=np.array(greedy, np.int64),
@@ -460,12 +489,18 @@ class Decoder:
             single_draws=[draw for _, draw in singles],
             stops=[(i, row) for i, row in enumerate(rows) if row.stop_states],
             controlled=[(i, row) for i, row in enumerate(rows) if row.group.options.controlled],
-            scored=[(i, r) for i, r in enumerate(rows) if r.group.options.logprobs is not None],
+            bias=_stack_bias(rows),
+            penalised=[(i, r) for i, r in enumerate(rows) if _penalised(r.group.options)],
+            patterns=_by_pattern(rows),
+            scored_positions=np.array(scored, np.int64),
+            scored_rows=[rows[i] for i in scored],
+            scored_tops=[rows[i].group.options.logprobs or 0 for i in scored],
             uniforms=np.zeros(n),
             tokens=np.zeros(n, np.int32),
             left=left,
             next_end=min(open_left, default=-1),
             one=self._one_draw(rows[0]) if n == 1 and _simple(rows[0]) else None,
+            lone=self._one_draw(rows[0]) if n == 1 else None,
         )
 
     def _one_draw(self, row: Row) -> Callable[[np.ndarray], int]:
@@ -504,6 +539,49 @@ class Decoder:
         return self.vocab.decode(row.out)
 
 
+class PatternMasks:
+    """What a pattern's rows need at every step, worked out once per pattern: which
+    characters each state can take (exact while at least `far` characters are left, as every
+    state then reaches acceptance in time)."""
+
+    def __init__(self, pattern: Pattern) -> None:
+        self.pattern = pattern
+        self.live = pattern.table >= 0  # bool [states, vocab]
+        self.far = int(pattern.distance.max()) + 1
+
+
+_MASKS: weakref.WeakKeyDictionary[Pattern, PatternMasks] = weakref.WeakKeyDictionary()
+
+
+def pattern_masks(pattern: Pattern) -> PatternMasks:
+    masks = _MASKS.get(pattern)
+    if masks is None:
+        masks = _MASKS[pattern] = PatternMasks(pattern)
+    return masks
+
+
+def _by_pattern(rows: list[Row]) -> list[tuple[PatternMasks, np.ndarray, list[Row]]]:
+    groups: dict[int, tuple[Pattern, list[int]]] = {}
+    for i, row in enumerate(rows):
+        if row.group.pattern is not None:
+            groups.setdefault(id(row.group.pattern), (row.group.pattern, []))[1].append(i)
+    return [
+        (pattern_masks(p), np.array(ps, np.int64), [rows[i] for i in ps])
+        for p, ps in groups.values()
+    ]
+
+
+def _stack_bias(rows: list[Row]) -> tuple[np.ndarray, np.ndarray] | None:
+    biased = [i for i, row in enumerate(rows) if row.group.bias is not None]
+    if not biased:
+        return None
+    return np.array(biased, np.int64), np.stack([rows[i].group.bias for i in biased])  # type: ignore[misc]
+
+
+def _penalised(o: DecodeOptions) -> bool:
+    return bool(o.presence_penalty or o.frequency_penalty)
+
+
 def _simple(row: Row) -> bool:
     """A row with no stage before the draw and no scores: the lone-row fast path serves it."""
     o = row.group.options
@@ -531,7 +609,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z
 
 
-Score = tuple[float, list[tuple[int, float]]]  # a character's log-probability, top (id, lp)
+# A character's log-probability, and the ids and log-probabilities of the most likely ones.
+Score = tuple[float, list[int], list[float]]
 
 
 def score_tokens(logits: np.ndarray, tokens: np.ndarray, tops: Sequence[int]) -> list[Score]:
@@ -539,12 +618,16 @@ def score_tokens(logits: np.ndarray, tokens: np.ndarray, tops: Sequence[int]) ->
     most likely tokens with theirs (the model's distribution: no temperature or filter)."""
     lp = log_softmax(logits)
     chosen = lp[np.arange(len(tokens)), tokens].tolist()
-    order = np.argsort(-lp, axis=1, kind="stable")[:, : max(tops, default=0)]
-    scores = []
-    for k, top in enumerate(tops):
-        ids = order[k, :top].tolist()
-        scores.append((chosen[k], list(zip(ids, lp[k, ids].tolist(), strict=True))))
-    return scores
+    most = min(max(tops, default=0), lp.shape[1])
+    if not most:
+        return [(value, [], []) for value in chosen]
+    # The `most` largest by a partition, then in order (cheaper than sorting every row).
+    part = np.argpartition(-lp, most - 1, axis=1)[:, :most]
+    order = np.take_along_axis(part, np.argsort(-np.take_along_axis(lp, part, 1), 1), 1)
+    ids, values = order.tolist(), np.take_along_axis(lp, order, 1).tolist()
+    if min(tops) == most:  # the usual case: every row keeps as many
+        return list(zip(chosen, ids, values, strict=True))
+    return [(chosen[k], ids[k][:top], values[k][:top]) for k, top in enumerate(tops)]
 
 
 def _stopped(row: Row) -> bool:

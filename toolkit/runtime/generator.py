@@ -78,9 +78,9 @@ def char_logprobs(vocab: Vocabulary, row: Row) -> list[CharLogprob]:
         {
             "char": chars[token],
             "logprob": lp,
-            "top_logprobs": {chars[t]: v for t, v in top},
+            "top_logprobs": {chars[t]: v for t, v in zip(ids, values, strict=True)},
         }
-        for token, (lp, top) in zip(row.out, row.logprobs, strict=True)
+        for token, (lp, ids, values) in zip(row.out, row.logprobs, strict=True)
     ]
 
 

@@ -535,7 +535,7 @@ def logprobs_shape(
         if score is None:
             tops.append(None)
             continue
-        top = {chars[t]: lp for t, lp in score[1]}
+        top = {chars[t]: lp for t, lp in zip(score[1], score[2], strict=True)}
         top.setdefault(ch, score[0])
         tops.append(top)
     return {

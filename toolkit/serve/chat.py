@@ -352,8 +352,9 @@ def chat_logprobs(chars: tuple[str, ...], text: str, scores: list[Score]) -> dic
         return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
     content = []
-    for ch, (lp, top) in zip(text, scores, strict=True):
-        content.append({**entry(ch, lp), "top_logprobs": [entry(chars[t], v) for t, v in top]})
+    for ch, (lp, ids, values) in zip(text, scores, strict=True):
+        top = [entry(chars[t], v) for t, v in zip(ids, values, strict=True)]
+        content.append({**entry(ch, lp), "top_logprobs": top})
     return {"content": content}
 
 
