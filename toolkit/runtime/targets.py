@@ -5,7 +5,8 @@ Everything else reads these three tables: the manifest's file names, `toolkit ex
 --format/--quantize`, `toolkit generate --runtime/--variant`, `toolkit serve --runtime`, the
 rows of `toolkit bench`, the model card's "for" column and the exporter's validation labels.
 A new target is a FILES row, a RUNTIMES row, its backend module in toolkit/runtime/backends
-(with `open_file`) and its converter in toolkit/export. No imports: the manifest reads this.
+(with `open_file`), and its converter in toolkit/export with a row in the exporter's TARGETS.
+No imports: the manifest reads this, and the backends read the manifest.
 """
 
 from __future__ import annotations
@@ -92,16 +93,16 @@ class Runtime:
 RUNTIMES = (
     Runtime(
         "onnx",
-        "onnx",
-        "onnxruntime",
+        format="onnx",
+        label="onnxruntime",
         threaded=True,
         batches=True,
         bench={"fp32": "onnx-fp32", "int8": "onnx-int8"},
     ),
     Runtime(
         "tflite",
-        "tflite",
-        "litert",
+        format="tflite",
+        label="litert",
         threaded=True,
         batches=True,
         # LiteRT reallocates its tensors on every new batch size.
@@ -114,19 +115,25 @@ RUNTIMES = (
         },
     ),
     # TensorFlow Lite Micro's interpreter on the host: the device's kernels.
-    Runtime("tflm", "tflite", "tflm", only="full-int8", bench={"full-int8": "tflm-full-int8"}),
+    Runtime(
+        "tflm",
+        format="tflite",
+        label="tflm",
+        only="full-int8",
+        bench={"full-int8": "tflm-full-int8"},
+    ),
     # char_lstm.c compiled on this machine.
-    Runtime("c", "c", "c", only="full-int8", bench={"full-int8": "c-full-int8"}),
+    Runtime("c", format="c", label="c", only="full-int8", bench={"full-int8": "c-full-int8"}),
     Runtime(
         "numpy",
-        "numpy",
-        "numpy",
+        format="numpy",
+        label="numpy",
         fallback=("onnx", "none"),  # model.onnx's weights, read into numpy
         threaded=True,  # the BLAS thread pool
         batches=True,
         bench={"fp32": "numpy"},
     ),
-    Runtime("keras", None, "keras"),  # the run's Keras model: the reference
+    Runtime("keras", format=None, label="keras"),  # the run's Keras model: the reference
 )
 
 # ----------------------------------------------------------------- derived lookups
@@ -137,19 +144,16 @@ SERVE_RUNTIMES = tuple(r.name for r in RUNTIMES if r.batches)
 
 
 def variant_named(name: str) -> Variant:
-    return next(v for v in VARIANTS if v.name == name)
+    return {v.name: v for v in VARIANTS}[name]
 
 
 def variant_of(quantization: str) -> str:
     """The user's word for a manifest quantization."""
-    return next(v.name for v in VARIANTS if v.quantization == quantization)
+    return {v.quantization: v.name for v in VARIANTS}[quantization]
 
 
 def runtime_named(name: str) -> Runtime:
-    for runtime in RUNTIMES:
-        if runtime.name == name:
-            return runtime
-    raise KeyError(name)
+    return {r.name: r for r in RUNTIMES}[name]
 
 
 def file_format(runtime: str) -> str:
@@ -158,14 +162,11 @@ def file_format(runtime: str) -> str:
 
 
 def file_named(name: str) -> File:
-    return next(f for f in FILES if f.name == name)
+    return {f.name: f for f in FILES}[name]
 
 
 def file_for(fmt: str, quantization: str) -> File:
-    for file in FILES:
-        if (file.format, file.quantization) == (fmt, quantization):
-            return file
-    raise KeyError((fmt, quantization))
+    return {(f.format, f.quantization): f for f in FILES}[(fmt, quantization)]
 
 
 def runtime_of(file: File) -> Runtime:
