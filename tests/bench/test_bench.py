@@ -58,6 +58,10 @@ def test_bench_smoke(tiny_run: Path, tiny_export: Path, tmp_path: Path) -> None:
     generation = {(r["runtime"], r["batch"]): r for r in report["generation"]}
     assert ("onnx-fp32", 1) in generation and ("tflite-int8", 4) in generation
     assert ("tflm-full-int8", 4) not in generation and ("keras-call", 1) not in generation
+    # The compiled C, from the target description alone: batch 1, its own file and start-up.
+    assert ("c-full-int8", 1) in generation and ("c-full-int8", 4) not in generation
+    assert report["runtimes"]["c-full-int8"]["file"] == "char_lstm.c"
+    assert report["runtimes"]["c-full-int8"]["startup"]["first_char_s"] > 0
     for r in generation.values():
         assert r["step_chars_per_sec"] > 0 and r["generate_chars_per_sec"] > 0
         # The median of each pair's own generate/step (the two timed back to back).

@@ -17,34 +17,34 @@ from toolkit.runtime.backends import open_backend
 from toolkit.runtime.backends.keras import load_keras_model, read_run
 from toolkit.runtime.lstm import fold_weights
 from toolkit.runtime.manifest import Manifest
+from toolkit.runtime.targets import RUNTIMES as TARGET_RUNTIMES
+from toolkit.runtime.targets import variant_named
 
-# name -> (kind, format, quantization). Order is the order of the report.
-RUNTIMES: dict[str, tuple[str, str, str]] = {
+# Row name -> (kind, runtime, quantization); the order of the report. The Keras rows step the
+# run's model for comparison; every other row is a runtime's `bench` variant in
+# toolkit/runtime/targets.py, stepping a file of the model folder.
+KERAS_ROWS: dict[str, tuple[str, str, str]] = {
     "keras-predict": ("keras", "predict", "none"),
     "keras-call": ("keras", "call", "none"),
     "tf-function": ("keras", "tf.function", "none"),
-    "tflite-fp32": ("exported", "tflite", "none"),
-    "tflite-fp16": ("exported", "tflite", "float16"),
-    "tflite-int8": ("exported", "tflite", "int8"),
-    # Full-integer, batch 1: LiteRT, and TensorFlow Lite Micro's interpreter on the host.
-    "tflite-full-int8": ("exported", "tflite", "full-int8"),
-    "tflm-full-int8": ("exported", "tflm", "full-int8"),
-    "onnx-fp32": ("exported", "onnx", "none"),
-    "onnx-int8": ("exported", "onnx", "int8"),
-    "numpy": ("exported", "numpy", "none"),
 }
-GENERATE_RUNTIME = {  # runtime name -> (generate --runtime, --variant)
+RUNTIMES: dict[str, tuple[str, str, str]] = {
+    **KERAS_ROWS,
+    **{
+        row: ("exported", runtime.name, variant_named(variant).quantization)
+        for runtime in TARGET_RUNTIMES
+        for variant, row in runtime.bench.items()
+    },
+}
+GENERATE_RUNTIME = {  # row name -> (generate --runtime, --variant)
     "keras-call": ("keras", "fp32"),
-    "tflite-fp32": ("tflite", "fp32"),
-    "tflite-fp16": ("tflite", "fp16"),
-    "tflite-int8": ("tflite", "int8"),
-    "tflite-full-int8": ("tflite", "full-int8"),
-    "tflm-full-int8": ("tflm", "full-int8"),
-    "onnx-fp32": ("onnx", "fp32"),
-    "onnx-int8": ("onnx", "int8"),
-    "numpy": ("numpy", "fp32"),
+    **{
+        row: (runtime.name, variant)
+        for runtime in TARGET_RUNTIMES
+        for variant, row in runtime.bench.items()
+    },
 }
-THREADED = {"tflite", "onnx", "numpy"}  # numpy: the BLAS thread pool
+THREADED = {runtime.name for runtime in TARGET_RUNTIMES if runtime.threaded}
 StepFn = Callable[[], Any]
 
 

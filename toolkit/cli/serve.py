@@ -11,7 +11,8 @@ import typer
 from toolkit.cli.common import choice
 from toolkit.errors import UsageError
 from toolkit.runtime.manifest import VARIANTS
-from toolkit.serve.model import SERVE_RUNTIMES, ServedModel, ServeLimits
+from toolkit.runtime.targets import SERVE_RUNTIMES
+from toolkit.serve.model import ServedModel, ServeLimits
 
 
 def serve(

@@ -50,6 +50,7 @@ from toolkit.export.validate import (
 from toolkit.logs import native_stderr_hidden
 from toolkit.runtime.manifest import ARTIFACT_FILES, FORMATS, Manifest, artifact_name, read_verified
 from toolkit.runtime.step import StepBackend
+from toolkit.runtime.targets import file_for, file_named, runtime_named
 from toolkit.train.lock import holds_run_dir_lock
 from toolkit.vocabulary import Vocabulary
 
@@ -145,7 +146,8 @@ def _micro(job: ExportJob, quantization: str) -> Converted:
 
 
 def _c(job: ExportJob, quantization: str) -> Converted:
-    name = artifact_name("tflite", quantization)
+    name = file_for("c", quantization).made_from
+    assert name is not None
     data, extra = job.built_on(name)
     if not isinstance(extra.get("micro"), dict):
         raise ExportError(f"{name} has no micro section in the manifest; export it again")
@@ -175,9 +177,7 @@ TARGETS: dict[tuple[str, str], Target] = {
     # against TensorFlow Lite Micro as it is made.
     ("c", "full-int8"): Target(_c, _c_backends),
 }
-assert set(TARGETS) == set(ARTIFACT_FILES), "every artifact file has a target"
-# The manifest's name for a validation in a backend other than the file's last one.
-RUNTIME_LABELS = {"tflite": "litert", "onnx": "onnxruntime", "numpy": "numpy", "tflm": "tflm"}
+assert set(TARGETS) == set(ARTIFACT_FILES), "every file of toolkit/runtime/targets.py is made"
 
 
 def calibration_ids(path: Path, vocab: Vocabulary, log: Log) -> np.ndarray:
@@ -281,9 +281,8 @@ def export_run(
                     )  # fmt: skip
                     check(log, name, backend.name, result)
                     if backend is not last:  # e.g. the full-int8 model in LiteRT, then TFLM
-                        converted.extra[f"validation_{RUNTIME_LABELS[backend.name]}"] = (
-                            result.to_dict()
-                        )
+                        label = runtime_named(backend.name).label
+                        converted.extra[f"validation_{label}"] = result.to_dict()
             artifact = ExportedArtifact(
                 name, fmt, quant, converted.data, result, converted.extra, converted.files
             )
@@ -309,14 +308,19 @@ def export_run(
 
 
 def _with_inputs(plan: list[tuple[str, str]], previous: Manifest | None) -> list[tuple[str, str]]:
-    """The plan with the full-int8 model before the C target, if the folder lacks it."""
-    needed = ("tflite", "full-int8")
-    if ("c", "full-int8") not in plan or needed in plan:
-        return plan
-    if previous is not None and artifact_name(*needed) in previous.artifacts:
-        return plan
-    at = plan.index(("c", "full-int8"))
-    return [*plan[:at], needed, *plan[at:]]
+    """The plan with each file a planned one is made from (the C target's full-int8 model)
+    just before it, if neither the plan nor the folder has it."""
+    out: list[tuple[str, str]] = []
+    for fmt, quant in plan:
+        source = file_for(fmt, quant).made_from
+        if source is not None:
+            needed = file_named(source)
+            key = (needed.format, needed.quantization)
+            held = previous is not None and source in previous.artifacts
+            if key not in plan and key not in out and not held:
+                out.append(key)
+        out.append((fmt, quant))
+    return out
 
 
 def _check_target_folder(

@@ -6,27 +6,10 @@ how to use it. Everything comes from manifest.json, so the card never disagrees 
 
 from __future__ import annotations
 
-from toolkit.runtime.manifest import Manifest, variant_of
+from toolkit.runtime.manifest import ARTIFACT_FILES, Manifest
+from toolkit.runtime.targets import file_for, generate_flags
 
 CARD_NAME = "README.md"
-
-USES = {
-    ("onnx", "none"): "onnxruntime, onnxruntime-web (`toolkit web`)",
-    ("onnx", "int8"): "onnxruntime (native: faster than fp32; slower in the browser's wasm)",
-    ("tflite", "none"): "LiteRT",
-    ("tflite", "float16"): "LiteRT (GPU delegates)",
-    ("tflite", "int8"): "LiteRT: the fastest CPU variant",
-    ("tflite", "full-int8"): "TensorFlow Lite Micro on microcontrollers; LiteRT",
-    ("numpy", "none"): "numpy alone",
-    ("c", "full-int8"): "any C99 compiler: microcontrollers, wasm, the host (+ `char_lstm.h`)",
-}
-
-
-def generate_flags(fmt: str, quantization: str) -> str:
-    """The `toolkit generate` options that pick this file."""
-    if quantization == "full-int8":
-        return "--runtime c" if fmt == "c" else "--runtime tflm"
-    return f"--runtime {fmt} --variant {variant_of(quantization)}"
 
 
 def model_card(manifest: Manifest, folder: str) -> str:
@@ -73,7 +56,7 @@ def model_card(manifest: Manifest, folder: str) -> str:
         lines.append(
             f"| `{name}` | {entry.format} | {entry.quantization} | "
             f"{entry.bytes / 1024:,.0f} KiB | {figure} | {v.get('reference', 'Keras') if v else '–'} | "
-            f"{USES.get(key, '')} |"
+            f"{file_for(*key).use if key in ARTIFACT_FILES else ''} |"
         )
     micro = next((e.micro for e in manifest.artifacts.values() if e.micro), None)
     if manifest.tokenizer:
@@ -98,7 +81,7 @@ def model_card(manifest: Manifest, folder: str) -> str:
     ]
     for name, entry in manifest.artifacts.items():
         if entry.quantization != "none":
-            flags = generate_flags(entry.format, entry.quantization)
+            flags = generate_flags(file_for(entry.format, entry.quantization))
             lines.append(f"toolkit generate {folder} {flags}   # {name}")
     if any(e.format == "onnx" for e in manifest.artifacts.values()):
         lines.append(f"toolkit web {folder} --serve           # in the browser")

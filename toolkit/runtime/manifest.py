@@ -17,43 +17,25 @@ from typing import Any
 from toolkit.config import ModelConfig
 from toolkit.errors import ModelFileError
 from toolkit.files import atomic_write_text, sha256_bytes
+from toolkit.runtime.targets import FILES, file_format, runtime_named, variant_of
+from toolkit.runtime.targets import FORMATS as FORMATS
+from toolkit.runtime.targets import VARIANTS as TARGET_VARIANTS
 from toolkit.vocabulary import Vocabulary
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
-# (format, quantization) -> file name. One folder holds every variant side by side.
-ARTIFACT_FILES: dict[tuple[str, str], str] = {
-    ("onnx", "none"): "model.onnx",
-    ("onnx", "int8"): "model.int8.onnx",
-    ("tflite", "none"): "model.tflite",
-    ("tflite", "float16"): "model.fp16.tflite",
-    ("tflite", "int8"): "model.int8.tflite",
-    # Full-integer (int8 weights and activations, batch 1) for microcontrollers: TFLite Micro.
-    ("tflite", "full-int8"): "model.full-int8.tflite",
-    ("numpy", "none"): "weights.npz",
-    # The full-int8 step as dependency-free C (+ char_lstm.h), bit-exact to TFLite Micro.
-    ("c", "full-int8"): "char_lstm.c",
-}
-FORMATS = tuple(dict.fromkeys(fmt for fmt, _ in ARTIFACT_FILES))
+# What toolkit/runtime/targets.py describes, as the manifest looks it up.
+ARTIFACT_FILES: dict[tuple[str, str], str] = {(f.format, f.quantization): f.name for f in FILES}
 # The user's word for each quantization (`generate --variant`, `export --quantize`) and the
 # manifest's (`quantization`): fp32 is "none", fp16 is "float16".
-VARIANTS = {"fp32": "none", "fp16": "float16", "int8": "int8", "full-int8": "full-int8"}
+VARIANTS = {v.name: v.quantization for v in TARGET_VARIANTS}
 QUANTIZATIONS = tuple(VARIANTS.values())
 DESCRIPTION = (
     "Single-step character LSTM with explicit state. Feed token ids one at a time; carry "
     "h_out/c_out back into h/c. Gate order i, f, c, o (Keras)."
 )
 STATE_LAYOUT = "[layers, batch, units]; zeros is the initial state"
-
-
-def variant_of(quantization: str) -> str:
-    return {q: v for v, q in VARIANTS.items()}[quantization]
-
-
-def file_format(runtime: str) -> str:
-    """The format of the file a runtime reads: TFLite Micro runs .tflite files."""
-    return "tflite" if runtime == "tflm" else runtime
 
 
 def artifact_name(fmt: str, quantization: str) -> str:
@@ -259,25 +241,38 @@ class Manifest:
 
     def resolve_variant(self, runtime: str, variant: str) -> str:
         """'auto' picks the most precise variant of the runtime's format (fp32 first)."""
-        if runtime in ("tflm", "c"):  # TFLite Micro and the C run the full-integer model only
-            if variant not in ("auto", "full-int8"):
-                raise ModelFileError(f"the {runtime} runtime runs only the full-int8 variant")
-            return "full-int8"
+        target = runtime_named(runtime)
+        if target.only is not None:  # TFLite Micro and the C run the full-integer model only
+            if variant not in ("auto", target.only):
+                raise ModelFileError(f"the {runtime} runtime runs only the {target.only} variant")
+            return target.only
         if variant != "auto":
             return variant
         fmt = file_format(runtime)
-        for name, quantization in VARIANTS.items():
-            if quantization == "full-int8":
-                continue  # batch 1 and int8 state: chosen only when asked for
-            if self.has(fmt, quantization):
-                return name
-        if runtime == "numpy" and self.has("onnx", "none"):
-            return "fp32"  # the numpy backend reads model.onnx's weights
+        for choice in TARGET_VARIANTS:
+            if not choice.integer_only and self.has(fmt, choice.quantization):
+                return choice.name
+        if target.fallback is not None and self.has(*target.fallback):
+            return variant_of(target.fallback[1])
         have = ", ".join(sorted(self.artifacts)) or "none"
         raise ModelFileError(
             f"this model folder has no {fmt} model (has: {have}); "
             f"create one with: toolkit export RUN_DIR --format {fmt}"
         )
+
+    def runtime_artifact(self, runtime: str, quantization: str) -> Artifact:
+        """The file `runtime` runs at `quantization`: its own, else its fallback's."""
+        target = runtime_named(runtime)
+        if target.format is None:
+            raise ModelFileError(f"the {runtime} runtime reads a run directory, not a model folder")
+        fallback = target.fallback
+        if (
+            fallback is not None
+            and fallback[1] == quantization
+            and not self.has(target.format, quantization)
+        ):
+            return self.artifact(*fallback)
+        return self.artifact(target.format, quantization)
 
 
 def _optional_object(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:

@@ -12,14 +12,12 @@ from toolkit.chat_format import chat_format_of
 from toolkit.errors import UsageError
 from toolkit.runtime.backends import open_backend
 from toolkit.runtime.generator import check_backend, check_load_args, default_model_dir
-from toolkit.runtime.manifest import VARIANTS, Manifest, file_format
+from toolkit.runtime.manifest import VARIANTS, Manifest
 from toolkit.runtime.step import batch_invariant
+from toolkit.runtime.targets import SERVE_RUNTIMES, runtime_named, variant_named
 from toolkit.serve.engine import Engine
 from toolkit.serve.state_token import StateCodec
 from toolkit.vocabulary import Vocabulary
-
-# Runtimes whose step takes a batch of any size.
-SERVE_RUNTIMES = ("onnx", "tflite", "numpy")
 
 
 @dataclass(frozen=True)
@@ -72,10 +70,7 @@ class ServedModel:
         self.variant = self.manifest.resolve_variant(runtime, variant)
         self.quantization = VARIANTS[self.variant]
         self.threads = threads
-        fmt = file_format(runtime)
-        if runtime == "numpy" and not self.manifest.has(fmt, self.quantization):
-            fmt = "onnx"  # the numpy backend reads model.onnx's weights
-        self.artifact = self.manifest.artifact(fmt, self.quantization)
+        self.artifact = self.manifest.runtime_artifact(runtime, self.quantization)
         self.name = name or self.manifest.name
         self.vocab: Vocabulary = self.manifest.vocabulary
         # The chat turn format: the file given, else the manifest's, else the default.
@@ -103,9 +98,10 @@ class ServedModel:
             max_batch=limits.max_batch,
             max_queue=limits.max_queue,
             cache_bytes=int(limits.cache_mb * (1 << 20)),
-            # LiteRT reallocates on every new batch size, so batches are padded to a power of
-            # two; full-int8 steps its rows one at a time at batch 1, where padding only adds rows.
-            pad_batches=self.runtime == "tflite" and getattr(backend, "codec", None) is None,
+            # Padded to a power of two where the runtime reallocates on every new batch size;
+            # an integer-only model steps its rows one at a time, where padding only adds rows.
+            pad_batches=runtime_named(self.runtime).pads_batches
+            and not variant_named(self.variant).integer_only,
         )
 
     def card(self) -> dict[str, Any]:

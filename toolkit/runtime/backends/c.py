@@ -579,3 +579,9 @@ class CStepper:
             self.codec.dequantize("h", self.lib.codes(self.states, "h").transpose(1, 0, 2)),
             self.codec.dequantize("c", self.lib.codes(self.states, "c").transpose(1, 0, 2)),
         )
+
+
+def open_file(
+    model_dir: Path, artifact: Artifact, data: bytes, model: ModelConfig, threads: int
+) -> CBackend:
+    return CBackend.from_artifact(model_dir, artifact, data, model)

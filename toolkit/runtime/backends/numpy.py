@@ -5,11 +5,14 @@ the other backends are compared with."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 
+from toolkit.config import ModelConfig
 from toolkit.errors import ModelFileError, first_line
 from toolkit.runtime.lstm import NUMPY_OPS, lstm_step
+from toolkit.runtime.manifest import Artifact
 from toolkit.runtime.step import StepOutput
 
 
@@ -68,3 +71,29 @@ def weights_from_onnx(data: bytes, layers: int) -> dict[str, np.ndarray]:
         folded[f"bias_{layer}"] = adds[layer - 1]
     folded["dense_kernel"], folded["dense_bias"] = matmuls[-1], adds[-1]
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in folded.items()}
+
+
+def open_file(
+    model_dir: Path, artifact: Artifact, data: bytes, model: ModelConfig, threads: int
+) -> NumpyBackend:
+    """weights.npz, or model.onnx's weights (a folder without weights.npz), then checked
+    against onnxruntime on a few steps where it is installed."""
+    if artifact.format == "numpy":
+        return NumpyBackend.from_bytes(data, model.layers)
+    backend = NumpyBackend(weights_from_onnx(data, model.layers), model.layers)
+    try:
+        from toolkit.runtime.backends.onnx import OnnxBackend
+
+        reference = OnnxBackend(data)
+    except ModelFileError:  # no onnxruntime: the weights are used as read
+        return backend
+    token = np.arange(3, dtype=np.int32) % model.vocab_size
+    h = np.zeros(model.state_shape(3), np.float32)
+    state = (h, h)
+    for _ in range(4):
+        ours = backend.step(token, *state)
+        theirs = reference.step(token, *state)
+        if not all(np.allclose(a, b, atol=1e-4) for a, b in zip(ours, theirs, strict=True)):
+            raise ModelFileError("the weights read from model.onnx do not reproduce it")
+        state = theirs[1], theirs[2]
+    return backend

@@ -3,11 +3,14 @@ buffers bound to the session (`OnnxBoundStepper`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from toolkit.config import ModelConfig
 from toolkit.errors import ModelFileError, first_line
+from toolkit.runtime.manifest import Artifact
 from toolkit.runtime.step import ArrayStepper, StepOutput, Stepper
 
 
@@ -116,3 +119,9 @@ class OnnxBoundStepper:
 
     def state(self) -> tuple[np.ndarray, np.ndarray]:
         return self._h[self._read].copy(), self._c[self._read].copy()
+
+
+def open_file(
+    model_dir: Path, artifact: Artifact, data: bytes, model: ModelConfig, threads: int
+) -> OnnxBackend:
+    return OnnxBackend(data, threads)

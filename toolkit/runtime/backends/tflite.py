@@ -3,12 +3,15 @@ signature; a full-integer model's int8 boundary is converted by `QuantizedIO`.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from toolkit.config import ModelConfig
 from toolkit.errors import ModelFileError, first_line
 from toolkit.logs import native_stderr_hidden
+from toolkit.runtime.manifest import Artifact
 from toolkit.runtime.step import StepOutput
 
 
@@ -148,3 +151,9 @@ class QuantizedIO:
             h_out[:, row : row + 1] = self.dequantize("h_out", out[1])
             c_out[:, row : row + 1] = self.dequantize("c_out", out[2])
         return np.concatenate(logits, axis=0), h_out, c_out
+
+
+def open_file(
+    model_dir: Path, artifact: Artifact, data: bytes, model: ModelConfig, threads: int
+) -> TFLiteBackend:
+    return TFLiteBackend(data, threads)

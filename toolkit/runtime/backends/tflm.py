@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,3 +77,9 @@ class TFLMBackend:
 
     def step(self, token: np.ndarray, h: np.ndarray, c: np.ndarray) -> StepOutput:
         return self.codec.step_rows(self._step_raw, token, h, c)
+
+
+def open_file(
+    model_dir: Path, artifact: Artifact, data: bytes, model: ModelConfig, threads: int
+) -> TFLMBackend:
+    return TFLMBackend.from_artifact(data, artifact, model)
