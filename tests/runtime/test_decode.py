@@ -60,7 +60,7 @@ options = st.builds(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(o=options, prompt=st.text(alphabet="abc :\n", min_size=1, max_size=5))
 def test_session_equals_the_plain_loop(o: DecodeOptions, prompt: str) -> None:
     """Texts, the random stream and the state after them: the reference's (one stop string,
@@ -214,7 +214,7 @@ regexes = st.lists(st.tuples(atoms, quantifiers), min_size=1, max_size=4).map(
 )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     o=options,
     regex=regexes,

@@ -18,6 +18,30 @@ from toolkit.runtime.decode import DecodeOptions, compile_pattern
 from toolkit.runtime.generator import UNKNOWN_CHOICES, load
 from toolkit.runtime.manifest import VARIANTS
 
+# The controls' options, declared once here so that `generate` reads as a list.
+NativeSampler = Annotated[
+    bool,
+    typer.Option(
+        help="--runtime c: choose characters in the C decoder too (integer sampler, "
+        "PCG32): the firmware's and the wasm's text for the same options and seed"
+    ),
+]
+Regex = Annotated[str | None, typer.Option(help="the text must match this regex in full")]
+Choices = Annotated[
+    list[str] | None,
+    typer.Option("--choice", help="the text is one of these strings (repeat the option)"),
+]
+Bias = Annotated[
+    list[str] | None,
+    typer.Option(help=r"logit bias per character, -100..100: 'e=-5,\n=+2' (\, for a comma)"),
+]
+PresencePenalty = Annotated[float, typer.Option(help="-2..2, off each character already generated")]
+FrequencyPenalty = Annotated[float, typer.Option(help="-2..2, times how often it was generated")]
+Logprobs = Annotated[
+    int | None,
+    typer.Option(help="with --json: each character's log-probability and the N most likely"),
+]
+
 
 def generate(
     model: Annotated[
@@ -52,34 +76,13 @@ def generate(
     ] = "error",
     threads: Annotated[int, typer.Option(help="runtime threads")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON with timings")] = False,
-    native_sampler: Annotated[
-        bool,
-        typer.Option(
-            help="--runtime c: choose characters in the C decoder too (integer sampler, "
-            "PCG32): the firmware's and the wasm's text for the same options and seed"
-        ),
-    ] = False,
-    regex: Annotated[
-        str | None, typer.Option(help="the text must match this regex in full")
-    ] = None,
-    choice_: Annotated[
-        list[str] | None,
-        typer.Option("--choice", help="the text is one of these strings (repeat the option)"),
-    ] = None,
-    bias: Annotated[
-        list[str] | None,
-        typer.Option(help=r"logit bias per character, -100..100: 'e=-5,\n=+2' (\, for a comma)"),
-    ] = None,
-    presence_penalty: Annotated[
-        float, typer.Option(help="-2..2, off each character already generated")
-    ] = 0.0,
-    frequency_penalty: Annotated[
-        float, typer.Option(help="-2..2, times how often it was generated")
-    ] = 0.0,
-    logprobs: Annotated[
-        int | None,
-        typer.Option(help="with --json: each character's log-probability and the N most likely"),
-    ] = None,
+    native_sampler: NativeSampler = False,
+    regex: Regex = None,
+    choice_: Choices = None,
+    bias: Bias = None,
+    presence_penalty: PresencePenalty = 0.0,
+    frequency_penalty: FrequencyPenalty = 0.0,
+    logprobs: Logprobs = None,
 ) -> None:
     """Generate text, streaming characters as they are produced."""
     if native_sampler:

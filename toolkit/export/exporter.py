@@ -196,27 +196,20 @@ def calibration_ids(path: Path, vocab: Vocabulary, log: Log) -> np.ndarray:
 
 
 @holds_run_dir_lock("export")  # no training writes the run while it is exported
-def export_run(
+def _describe(
     run_dir: Path,
-    out_dir: Path | None = None,
-    formats: list[str] | None = None,
-    quantization: str = "none",
-    validate: bool = True,
-    bpc_tolerance: float | None = None,
-    force: bool = False,
-    log: Log = print,
-    command: str | None = None,
-    calibration_chars: int = micro.CALIBRATION_CHARS,
-    calibration_data: Path | None = None,
-    limits: micro.MicroLimits | None = None,
-    chat_format: Mapping[str, Any] | None = None,
-) -> tuple[Path, list[ExportedArtifact]]:
-    """Export `run_dir` (a run, or an exported folder) into `out_dir` (default
-    exported/<run name>; an exported folder gains the variants itself), adding to its
-    manifest. `bpc_tolerance` None uses BPC_TOLERANCE per quantization. The full-int8 variant
-    is calibrated on `calibration_chars` of the run's training text (or `calibration_data`).
-    """
-    # describe
+    out_dir: Path | None,
+    formats: list[str] | None,
+    quantization: str,
+    bpc_tolerance: float | None,
+    force: bool,
+    log: Log,
+    calibration_chars: int,
+    chat_format: Mapping[str, Any] | None,
+) -> tuple[Any, list[tuple[str, str]], Path, Any, list[str], Any]:
+    """What the export will make, from what, into which folder: the options checked, the
+    source read, the plan of (format, quantization), the folder and what it already holds,
+    and the run's corpus (a prepared corpus stays memory-mapped)."""
     if bpc_tolerance is not None and bpc_tolerance < 0:
         raise UsageError("bpc-tolerance must be >= 0")
     if calibration_chars < 1:
@@ -237,7 +230,6 @@ def export_run(
     out_dir = Path(out_dir)
     previous, stale = _check_target_folder(out_dir, existing_export(out_dir), source, plan, force)
     plan = _with_inputs(plan, previous)
-    # The run's corpus as token ids: a prepared corpus stays memory-mapped.
     corpus = open_training_data(source.data, source.val_fraction, log=log)
     if corpus.vocab != source.vocab:
         unknown = [ch for ch in corpus.vocab.chars if ch not in source.vocab.index]
@@ -246,6 +238,66 @@ def export_run(
             + (f" ({unknown[0]!r} is unknown)" if unknown else "")
             + "; is this the corpus the model was trained on?"
         )
+    return source, plan, out_dir, previous, stale, corpus
+
+
+def _convert_and_validate(
+    job: ExportJob,
+    target: Any,
+    name: str,
+    quant: str,
+    tokens: np.ndarray | None,
+    reference: np.ndarray | None,
+    bpc_tolerance: float | None,
+) -> tuple[Any, Any]:
+    """One file made and checked: no control flow, and validated in each of its backends
+    (the last backend's result is the manifest's `validation`)."""
+    converted = target.convert(job, quant)
+    job.made[name] = converted
+    loops = target.op_types(converted.data) & CONTROL_FLOW_OPS if target.op_types else set()
+    if loops:
+        raise ExportError(f"{name} contains control-flow ops {sorted(loops)}")
+    result = None
+    if tokens is not None and reference is not None:
+        source = job.source
+        tolerance = bpc_tolerance if bpc_tolerance is not None else BPC_TOLERANCE[quant]
+        *others, last = target.backends(converted, job)
+        for backend in [*others, last]:
+            result = validate_backend(
+                backend, reference, source.config, tokens, quant, tolerance,
+                source.reference_name,
+            )  # fmt: skip
+            check(job.log, name, backend.name, result)
+            if backend is not last:  # e.g. the full-int8 model in LiteRT, then TFLM
+                label = runtime_named(backend.name).label
+                converted.extra[f"validation_{label}"] = result.to_dict()
+    return converted, result
+
+
+def export_run(
+    run_dir: Path,
+    out_dir: Path | None = None,
+    formats: list[str] | None = None,
+    quantization: str = "none",
+    validate: bool = True,
+    bpc_tolerance: float | None = None,
+    force: bool = False,
+    log: Log = print,
+    command: str | None = None,
+    calibration_chars: int = micro.CALIBRATION_CHARS,
+    calibration_data: Path | None = None,
+    limits: micro.MicroLimits | None = None,
+    chat_format: Mapping[str, Any] | None = None,
+) -> tuple[Path, list[ExportedArtifact]]:
+    """Export `run_dir` (a run, or an exported folder) into `out_dir` (default
+    exported/<run name>; an exported folder gains the variants itself), adding to its
+    manifest. `bpc_tolerance` None uses BPC_TOLERANCE per quantization. The full-int8 variant
+    is calibrated on `calibration_chars` of the run's training text (or `calibration_data`).
+    """
+    source, plan, out_dir, previous, stale, corpus = _describe(
+        run_dir, out_dir, formats, quantization, bpc_tolerance, force, log, calibration_chars,
+        chat_format,
+    )  # fmt: skip
     tokens = reference = None
     if validate:
         steps = min(VALIDATION_STEPS, len(corpus.val) - 1)
@@ -262,27 +314,9 @@ def export_run(
         artifacts = []
         for fmt, quant in plan:
             name = artifact_name(fmt, quant)
-            target = TARGETS[(fmt, quant)]
-            # convert
-            converted = target.convert(job, quant)
-            job.made[name] = converted
-            loops = target.op_types(converted.data) & CONTROL_FLOW_OPS if target.op_types else set()
-            if loops:
-                raise ExportError(f"{name} contains control-flow ops {sorted(loops)}")
-            # validate: the last backend's result is the manifest's `validation`
-            result = None
-            if tokens is not None and reference is not None:
-                tolerance = bpc_tolerance if bpc_tolerance is not None else BPC_TOLERANCE[quant]
-                *others, last = target.backends(converted, job)
-                for backend in [*others, last]:
-                    result = validate_backend(
-                        backend, reference, source.config, tokens, quant, tolerance,
-                        source.reference_name,
-                    )  # fmt: skip
-                    check(log, name, backend.name, result)
-                    if backend is not last:  # e.g. the full-int8 model in LiteRT, then TFLM
-                        label = runtime_named(backend.name).label
-                        converted.extra[f"validation_{label}"] = result.to_dict()
+            converted, result = _convert_and_validate(
+                job, TARGETS[(fmt, quant)], name, quant, tokens, reference, bpc_tolerance
+            )
             artifact = ExportedArtifact(
                 name, fmt, quant, converted.data, result, converted.extra, converted.files
             )

@@ -6,6 +6,8 @@ how to use it. Everything comes from manifest.json, so the card never disagrees 
 
 from __future__ import annotations
 
+from typing import Any
+
 from toolkit.runtime.manifest import ARTIFACT_FILES, Manifest
 from toolkit.runtime.targets import file_for, generate_flags
 
@@ -95,6 +97,13 @@ def model_card(manifest: Manifest, folder: str) -> str:
         'print(gen.generate("ROMEO:", length=200, temperature=0.8, seed=1).texts[0])',
         "```",
     ]
+    lines += _device_sections(manifest, folder, micro)
+    return "\n".join(lines) + "\n"
+
+
+def _device_sections(manifest: Manifest, folder: str, micro: Any) -> list[str]:
+    """The microcontroller's part of the card: the full-int8 model and the C target."""
+    lines: list[str] = []
     if micro:
         lines += [
             "",
@@ -118,4 +127,4 @@ def model_card(manifest: Manifest, folder: str) -> str:
             "TensorFlow Lite Micro. `toolkit firmware "
             f"{folder} --board mps2-an386 --out fw --run` tries it on an emulated Cortex-M4.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
