@@ -124,7 +124,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="pairs per round (controls)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "reports")
     parser.add_argument("--note", default="")
+    parser.add_argument("--report-only", action="store_true", help="rebuild decode.md")
     args = parser.parse_args()
+    if args.report_only:
+        data = json.loads((args.out / "decode.json").read_text())
+        data["note"] = args.note or data.get("note", "")
+        write_report(data, args.out)
+        return
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     generation = measure_generation(
         args.model, ["onnx-fp32", "tflite-int8"], [1, 32], threads=1, rounds=args.rounds
