@@ -260,6 +260,9 @@ class _Plan:
     next_end: int = 0  # the fewest characters left of an open row
     one: Callable[[np.ndarray], int] | None = None  # a lone plain row's draw (step_one) ...
     lone: Callable[[np.ndarray], int] | None = None  # ... and a lone row's draw after stages
+    # A lone row with a pattern and no other stage: its draw (the token, and whether the
+    # match ends instead) and how far the end must be for it to serve.
+    patterned: tuple[Callable[[np.ndarray], tuple[int, bool]], int] | None = None
 
 
 class Decoder:
@@ -421,6 +424,8 @@ class Decoder:
     def step_one(self, logits: np.ndarray) -> int:
         """`step` for a lone row, the token as a Python int."""
         plan = self._plan = self._plan or self._make_plan()
+        if plan.patterned is not None and plan.left[0] - plan.steps > plan.patterned[1]:
+            return self._step_patterned(logits, plan)
         if plan.one is None:  # a controlled or scored row: `step`'s stages, this row's draw
             ended: list[int] = []
             self.ended = ended
@@ -442,6 +447,30 @@ class Decoder:
             row.finish = "length"
         else:
             return token
+        self.ended = [0]
+        self.open = 0
+        return token
+
+    def _step_patterned(self, logits: np.ndarray, plan: _Plan) -> int:
+        """`step_one` for a lone row whose only stage is a pattern, while its end is far
+        (then the allowed characters are the state's live ones): `_control` and `_settle`
+        for one row, with the state's mask as one add and the rest in Python."""
+        assert plan.patterned is not None
+        draw, _ = plan.patterned
+        row = self.rows[0]
+        token, ends = draw(logits)
+        self.ended = []
+        plan.steps += 1
+        if row.finish is not None:
+            return token
+        if ends:
+            row.finish = "stop"
+        else:
+            row.out.append(token)
+            row.state = pattern_masks(row.group.pattern).rows[row.state][token]  # type: ignore[arg-type]
+            if not (row.stop_states and _stopped(row)):
+                return token
+            row.finish = "stop"
         self.ended = [0]
         self.open = 0
         return token
@@ -501,6 +530,7 @@ class Decoder:
             next_end=min(open_left, default=-1),
             one=self._one_draw(rows[0]) if n == 1 and _simple(rows[0]) else None,
             lone=self._one_draw(rows[0]) if n == 1 else None,
+            patterned=self._patterned_draw(rows[0]) if n == 1 else None,
         )
 
     def _one_draw(self, row: Row) -> Callable[[np.ndarray], int]:
@@ -514,6 +544,30 @@ class Decoder:
             return lambda logits: draw(logits, uniform())
         t, k, p = o.temperature, o.top_k, o.top_p
         return lambda logits: int(draw_filtered(logits, np.array([uniform()]), t, k, p)[0])
+
+    def _patterned_draw(
+        self, row: Row
+    ) -> tuple[Callable[[np.ndarray], tuple[int, bool]], int] | None:
+        """For a lone row whose only stage is its pattern: the draw on its state's mask (in
+        an accepting state on the raw logits, ending when the character cannot continue)."""
+        o, pattern = row.group.options, row.group.pattern
+        if pattern is None or o.logprobs is not None or row.group.bias is not None:
+            return None
+        if o.presence_penalty or o.frequency_penalty:
+            return None
+        masks, base = pattern_masks(pattern), self._one_draw(row)
+        accepting, live, blocked = masks.accepting, masks.live_rows, masks.blocked
+        buffer = np.zeros((1, self.vocab_size), np.float32)
+
+        def draw(logits: np.ndarray) -> tuple[int, bool]:
+            state = row.state
+            if accepting[state]:
+                token = base(logits)
+                return token, not live[state][token]
+            np.add(logits, blocked[state], buffer)
+            return base(buffer), False
+
+        return draw, masks.far
 
     def sync(self) -> None:
         """Rewind every group's random stream past the uniforms drawn ahead (when decoding
@@ -548,6 +602,11 @@ class PatternMasks:
         self.pattern = pattern
         self.live = pattern.table >= 0  # bool [states, vocab]
         self.far = int(pattern.distance.max()) + 1
+        # For one row at a time: the same as Python lists, and each state's mask to add.
+        self.rows: list[list[int]] = pattern.table.tolist()
+        self.live_rows: list[list[bool]] = self.live.tolist()
+        self.accepting: list[bool] = pattern.accepting.tolist()
+        self.blocked = np.where(self.live, 0.0, -np.inf).astype(np.float32)[:, None, :]
 
 
 _MASKS: weakref.WeakKeyDictionary[Pattern, PatternMasks] = weakref.WeakKeyDictionary()
