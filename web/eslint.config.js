@@ -14,7 +14,7 @@ export default [
     languageOptions: { ecmaVersion: 2022, sourceType: "script", globals: globals.serviceworker },
   },
   {
-    files: ["test/**/*.mjs", "eslint.config.js", "../benchmarks/**/*.mjs"],
+    files: ["test/**/*.mjs", "tools/**/*.mjs", "eslint.config.js", "../benchmarks/**/*.mjs"],
     languageOptions: { ecmaVersion: 2022, sourceType: "module", globals: globals.node },
   },
   {
