@@ -23,6 +23,8 @@ small model's step costs only tens of microseconds); it is the same stages in th
 from __future__ import annotations
 
 import collections
+import heapq
+import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -675,6 +677,12 @@ Score = tuple[float, list[int], list[float]]
 def score_tokens(logits: np.ndarray, tokens: np.ndarray, tops: Sequence[int]) -> list[Score]:
     """Per row of [rows, vocab] logits: the log-probability of its token and its `tops[row]`
     most likely tokens with theirs (the model's distribution: no temperature or filter)."""
+    if len(tokens) == 1:  # one row: Python floats beat numpy's per-call cost
+        z = logits[0].tolist()
+        top_z = max(z)
+        lse = top_z + math.log(math.fsum(math.exp(x - top_z) for x in z))
+        ids = heapq.nlargest(tops[0], range(len(z)), key=z.__getitem__)
+        return [(z[int(tokens[0])] - lse, ids, [z[i] - lse for i in ids])]
     lp = log_softmax(logits)
     chosen = lp[np.arange(len(tokens)), tokens].tolist()
     most = min(max(tops, default=0), lp.shape[1])
