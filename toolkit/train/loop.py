@@ -96,6 +96,33 @@ def train(
             raise
 
 
+@dataclass
+class Progress:
+    """Where a run is: what checkpoints keep (as a dict, `to_dict`) and resume from."""
+
+    epoch: int = 0
+    batch: int = 0  # batches done in this epoch
+    step: int = 0
+    elapsed_s: float = 0.0  # training time, on the shared clock
+    chars_seen: int = 0
+    validation_s: float = 0.0  # validations, cold-start figures and their files
+    wall_s: float = 0.0  # earlier sessions of a resumed run, start-up included
+    best_val_loss: float | None = None
+    last_val_loss: float | None = None
+    h: Any = None  # the carried state of every stream, [layers, batch, units] per array
+    c: Any = None
+    cold_start: dict[str, Any] | None = None  # the last validation's cold-start figures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def update(self, saved: dict[str, Any]) -> None:
+        """Take a checkpoint's values (keys this version does not know are ignored)."""
+        for f in dataclasses.fields(self):
+            if f.name in saved:
+                setattr(self, f.name, saved[f.name])
+
+
 class TrainingRun:
     """One run: its config, data, run directory and progress (`state`, saved in checkpoints)."""
 
@@ -152,19 +179,7 @@ class TrainingRun:
         # This worker's streams of every batch: a contiguous block of rows.
         self.share = config.batch_size // cluster.size
         self.rows = slice(cluster.index * self.share, (cluster.index + 1) * self.share)
-        self.state: dict[str, Any] = {
-            "epoch": 0,
-            "batch": 0,
-            "step": 0,
-            "elapsed_s": 0.0,
-            "chars_seen": 0,
-            "validation_s": 0.0,  # validations, cold-start figures and their files
-            "wall_s": 0.0,  # earlier sessions of a resumed run, start-up included
-            "best_val_loss": None,
-            "last_val_loss": None,
-            "h": None,
-            "c": None,
-        }
+        self.state = Progress()
         self.n_batches = len(EpochWindows(self.data.train, self.config, 0))
         self.total_steps = budget.total_steps(self.config, self.n_batches)
         self.eta_s: float | None = None  # the whole run's, as the first steps predicted it
@@ -181,7 +196,7 @@ class TrainingRun:
     def write_run_json(self, status: str) -> None:
         if not self.chief:
             return
-        state, best = self.state, self.state["best_val_loss"]
+        state, best = self.state, self.state.best_val_loss
         info = {
             "name": self.run_dir.name,
             "status": status,
@@ -193,24 +208,24 @@ class TrainingRun:
             "preset": self.config.preset,
             "command": self.command,
             "workers": self.cluster.size,
-            "epochs_done": state["epoch"] + state["batch"] / max(1, self.n_batches),
-            "steps": state["step"],
+            "epochs_done": state.epoch + state.batch / max(1, self.n_batches),
+            "steps": state.step,
             "max_steps": self.total_steps,
-            "elapsed_s": round(state["elapsed_s"], 2),
+            "elapsed_s": round(state.elapsed_s, 2),
             # Where the time went (seconds): the training steps, the validations with their
             # cold-start figures, checkpoints and pictures, and everything from the process's
             # start (start-up included); `estimated` is the ETA line's prediction of `wall`.
             "time": {
-                "steps": round(state["elapsed_s"], 2),
-                "validation": round(state["validation_s"], 2),
+                "steps": round(state.elapsed_s, 2),
+                "validation": round(state.validation_s, 2),
                 "wall": round(self.wall_s(), 2),
                 "estimated": round(self.eta_s, 2) if self.eta_s is not None else None,
             },
             "cpu": budget.cpu_info(),
             "best_val_loss": best,
             "best_val_bpc": bits_per_char(best) if best is not None else None,
-            "last_val_loss": state["last_val_loss"],
-            "cold_start": state.get("cold_start"),
+            "last_val_loss": state.last_val_loss,
+            "cold_start": state.cold_start,
             "files": {
                 "config": "config.json",
                 "vocab": "vocab.json",
@@ -243,7 +258,7 @@ class TrainingRun:
         """Checkpoints hold the whole batch's state: each worker's rows, gathered."""
         h, c = self.trainer.gather_rows(h), self.trainer.gather_rows(c)
         if self.chief:
-            state = {**self.state, "h": h, "c": c, "wall_s": self.wall_s()}
+            state = {**self.state.to_dict(), "h": h, "c": c, "wall_s": self.wall_s()}
             save_checkpoint(self.ckpt_dir / name, self.trainer.model, self.trainer.optimizer, state)
 
     # ----------------------------------------------------------------- validation
@@ -257,17 +272,17 @@ class TrainingRun:
         val_loss = trainer.evaluate(self.data.val)
         cold = trainer.cold_start(self.vocab, self.data.val, self.cold_prompts, self.known_words)
         train_loss = float(np.mean(window["losses"])) if window["losses"] else float("nan")
-        seconds = state["elapsed_s"] - window["elapsed_s"]
-        chars = state["chars_seen"] - window["chars"]
-        window.update(losses=[], elapsed_s=state["elapsed_s"], chars=state["chars_seen"])
-        state["last_val_loss"] = val_loss
-        improved = state["best_val_loss"] is None or val_loss < state["best_val_loss"]
+        seconds = state.elapsed_s - window["elapsed_s"]
+        chars = state.chars_seen - window["chars"]
+        window.update(losses=[], elapsed_s=state.elapsed_s, chars=state.chars_seen)
+        state.last_val_loss = val_loss
+        improved = state.best_val_loss is None or val_loss < state.best_val_loss
         if improved:
-            state["best_val_loss"] = val_loss
+            state.best_val_loss = val_loss
         row = {
-            "epoch": round(state["epoch"] + state["batch"] / self.n_batches, 4),
-            "step": state["step"],
-            "elapsed_s": round(state["elapsed_s"], 2),
+            "epoch": round(state.epoch + state.batch / self.n_batches, 4),
+            "step": state.step,
+            "elapsed_s": round(state.elapsed_s, 2),
             "train_loss": round(train_loss, 5),
             "train_bpc": round(bits_per_char(train_loss), 5),
             "val_loss": round(val_loss, 5),
@@ -276,7 +291,7 @@ class TrainingRun:
             "chars_per_sec": round(chars / max(seconds, 1e-9), 1),
             **cold.to_dict(),
         }
-        state["cold_start"] = cold.to_dict()
+        state.cold_start = cold.to_dict()
         if self.tensorboard is not None:  # the chief
             with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -290,22 +305,22 @@ class TrainingRun:
             f"{cold.degenerate}/{cold.prompts} degenerate starts{'  *best' if improved else ''}"
         )
         if not partial:  # epoch complete: the next one starts from zero state
-            state["epoch"] += 1
-            state["batch"] = 0
+            state.epoch += 1
+            state.batch = 0
             h = c = None
         if improved:
             self.checkpoint("best.npz", h, c)
             self.save_model()
         self.checkpoint("last.npz", h, c)
-        state["validation_s"] += time.monotonic() - started
+        state.validation_s += time.monotonic() - started
         self.estimate.validation_s = time.monotonic() - started
         self.write_run_json("training")
         return h, c
 
     def end_epoch(self) -> None:
         """An epoch ends without a validation (the run validates every `eval_steps`)."""
-        self.state["epoch"] += 1
-        self.state["batch"] = 0
+        self.state.epoch += 1
+        self.state.batch = 0
         self.checkpoint("last.npz", None, None)
         self.write_run_json("training")
 
@@ -313,22 +328,19 @@ class TrainingRun:
         """How long the budget takes on this machine, from the first steps' speed."""
         est, state, config = self.estimate, self.state, self.config
         step_s = est.step_s() or float("nan")
-        steps_left = self.total_steps - state["step"]
-        remaining = est.remaining_s(state["step"], state["elapsed_s"]) or 0.0
+        steps_left = self.total_steps - state.step
+        remaining = est.remaining_s(state.step, state.elapsed_s) or 0.0
         self.eta_s = self.wall_s() + remaining
-        validations = len(budget.validation_steps(config, self.n_batches, state["step"]))
-        training = budget.duration(state["elapsed_s"] + steps_left * step_s)
-        if (
-            config.max_minutes
-            and config.max_minutes * 60 < state["elapsed_s"] + steps_left * step_s
-        ):
+        validations = len(budget.validation_steps(config, self.n_batches, state.step))
+        training = budget.duration(state.elapsed_s + steps_left * step_s)
+        if config.max_minutes and config.max_minutes * 60 < state.elapsed_s + steps_left * step_s:
             training += f", capped at {config.max_minutes:g} min (the clock then sets the schedule)"
         cpu = budget.cpu_info()
         return (
             f"eta: {self.total_steps:,} steps at "
             f"{config.batch_size * config.seq_length / step_s:,.0f} chars/s "
             f"({step_s * 1e3:,.0f} ms a step, median of steps "
-            f"{state['step'] - len(est.step_times) + 1}-{state['step']}): {training} of training "
+            f"{state.step - len(est.step_times) + 1}-{state.step}): {training} of training "
             f"here, plus {validations} validation{'s' if validations != 1 else ''} of "
             f"~{budget.duration(est.validation_s or 0)}: done in about "
             f"{budget.duration(remaining)} ({budget.duration(self.eta_s)} from the start; "
@@ -348,57 +360,57 @@ class TrainingRun:
         config, state, trainer, rows = self.config, self.state, self.trainer, self.rows
         model_config, window, estimate = trainer.model_config, self.window, self.estimate
         chars_per_step = config.batch_size * config.seq_length
-        batches = EpochWindows(self.data.train, config, state["epoch"], rows)
-        if state["h"] is not None and state["batch"] > 0 and config.stateful:
-            self.h, self.c = state["h"][rows], state["c"][rows]
+        batches = EpochWindows(self.data.train, config, state.epoch, rows)
+        if state.h is not None and state.batch > 0 and config.stateful:
+            self.h, self.c = state.h[rows], state.c[rows]
         else:
             self.h, self.c = zero_state(model_config, self.share)
         stop = False
-        while state["batch"] < self.n_batches:
+        while state.batch < self.n_batches:
             t0 = time.monotonic()
-            x, y = batches.batch(state["batch"])
-            fraction = budget.progress(config, state["step"], self.n_batches, state["elapsed_s"])
-            trainer.set_learning_rate(learning_rate_at(config, state["step"], fraction))
+            x, y = batches.batch(state.batch)
+            fraction = budget.progress(config, state.step, self.n_batches, state.elapsed_s)
+            trainer.set_learning_rate(learning_rate_at(config, state.step, fraction))
             h, c = self.h, self.c
             if not config.stateful:
                 h, c = zero_state(model_config, len(x))
             loss, h, c = trainer.train_step(x, y, h, c)
             if config.reset_prob > 0:  # some streams start the next window from zeros
-                draw = np.random.default_rng([config.seed, state["step"]])
+                draw = np.random.default_rng([config.seed, state.step])
                 keep = draw.random(config.batch_size)[rows] >= config.reset_prob
                 mask = keep[:, None, None].astype(np.float32)
                 h, c = h * mask, c * mask
             self.h, self.c = h, c
             window["losses"].append(float(loss))
-            state["batch"] += 1
-            state["step"] += 1
-            state["chars_seen"] += chars_per_step
+            state.batch += 1
+            state.step += 1
+            state.chars_seen += chars_per_step
             seconds = time.monotonic() - t0
-            state["elapsed_s"] = trainer.shared_clock(state["elapsed_s"] + seconds)
+            state.elapsed_s = trainer.shared_clock(state.elapsed_s + seconds)
             self.session_steps += 1
             if self.session_steps > 1:  # the first one traced and compiled the step
                 estimate.add_step(seconds)
             if self.session_steps == budget.ETA_STEPS + 1:
                 self.log(self.eta_line())
-            remaining = estimate.remaining_s(state["step"], state["elapsed_s"])
+            remaining = estimate.remaining_s(state.step, state.elapsed_s)
             progress.update(
                 task,
-                completed=state["step"],
-                description=f"epoch {state['epoch'] + 1}, loss {float(loss):.3f}",
+                completed=state.step,
+                description=f"epoch {state.epoch + 1}, loss {float(loss):.3f}",
                 eta=budget.duration(remaining) if remaining is not None else "?",
             )
             # Every worker must take the same branch: they agree (the chief's clock is not
             # the others'). The step budget is the same number everywhere.
             out_of_time, validate, save = trainer.agree(
-                budget_s is not None and state["elapsed_s"] >= budget_s,
-                state["batch"] < self.n_batches
+                budget_s is not None and state.elapsed_s >= budget_s,
+                state.batch < self.n_batches
                 and (
-                    (eval_s is not None and state["elapsed_s"] - window["elapsed_s"] >= eval_s)
-                    or (config.eval_steps is not None and state["step"] % config.eval_steps == 0)
+                    (eval_s is not None and state.elapsed_s - window["elapsed_s"] >= eval_s)
+                    or (config.eval_steps is not None and state.step % config.eval_steps == 0)
                 ),
                 time.monotonic() - self.last_ckpt > checkpoint_s,
             )
-            stop = out_of_time or state["step"] >= self.total_steps
+            stop = out_of_time or state.step >= self.total_steps
             if stop:
                 break
             if validate:
@@ -407,13 +419,13 @@ class TrainingRun:
             elif save:
                 self.checkpoint("last.npz", self.h, self.c)
                 self.last_ckpt = time.monotonic()
-        epoch_done = state["batch"] >= self.n_batches
-        last = stop or (epoch_done and state["epoch"] + 1 >= config.epochs)
-        if last or not config.eval_steps or state["step"] % config.eval_steps == 0:
+        epoch_done = state.batch >= self.n_batches
+        last = stop or (epoch_done and state.epoch + 1 >= config.epochs)
+        if last or not config.eval_steps or state.step % config.eval_steps == 0:
             self.h, self.c = self.record_point(window, not epoch_done, self.h, self.c)
             if config.sample_every_epoch and config.sample_length > 0 and self.chief:
                 sample = trainer.sample(
-                    self.vocab, _sample_prompt(self.vocab), config.sample_length, state["step"]
+                    self.vocab, _sample_prompt(self.vocab), config.sample_length, state.step
                 )
                 self.log("sample: " + sample.replace("\n", "\n        "))
         else:  # validating every eval_steps steps: this epoch's end is not one of them
@@ -439,8 +451,8 @@ class TrainingRun:
                 raise RunDirError(f"nothing to resume in {self.run_dir}: no checkpoints/last.npz")
             state.update(load_checkpoint(last, trainer.model, trainer.optimizer))
             self.log(
-                f"resuming {self.run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}, "
-                f"step {state['step']}"
+                f"resuming {self.run_dir} at epoch {state.epoch + 1}, batch {state.batch}, "
+                f"step {state.step}"
             )
         elif self.chief:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -454,8 +466,7 @@ class TrainingRun:
             os.environ.get("TOOLKIT_CHECKPOINT_SECONDS", config.checkpoint_minutes * 60)
         )
         total_steps = self.total_steps
-        self.wall_before = state.get("wall_s", 0.0)
-        state.setdefault("validation_s", 0.0)
+        self.wall_before = state.wall_s
         self.log(
             f"corpus: {self.data.chars:,} chars, vocab {len(self.vocab)}, train "
             f"{len(self.data.train):,} / val {len(self.data.val):,}; model "
@@ -479,7 +490,11 @@ class TrainingRun:
         # steps) so that the ETA line counts it; the first real one replaces the probe.
         estimate.validation_s = trainer.probe_validation_s(self.data.val, self.cold_prompts)
 
-        self.window = {"losses": [], "elapsed_s": state["elapsed_s"], "chars": state["chars_seen"]}
+        self.window: dict[str, Any] = {
+            "losses": [],
+            "elapsed_s": state.elapsed_s,
+            "chars": state.chars_seen,
+        }
         self.last_ckpt = time.monotonic()
         self.session_steps = 0
         self.h = self.c = None
@@ -487,14 +502,8 @@ class TrainingRun:
         progress = _progress(progress_bar)
         try:
             with progress:
-                task = progress.add_task(
-                    "train", total=total_steps, completed=state["step"], eta="?"
-                )
-                while (
-                    state["epoch"] < config.epochs
-                    and state["step"] < total_steps
-                    and not out_of_time
-                ):
+                task = progress.add_task("train", total=total_steps, completed=state.step, eta="?")
+                while state.epoch < config.epochs and state.step < total_steps and not out_of_time:
                     out_of_time = self.train_epoch(progress, task, budget_s, eval_s, checkpoint_s)
         except KeyboardInterrupt:
             interrupted = True
@@ -509,16 +518,16 @@ class TrainingRun:
             self.tensorboard.close()
         if not interrupted:
             self.write_run_json("finished")
-        best = state["best_val_loss"] if state["best_val_loss"] is not None else float("nan")
-        last_val = state["last_val_loss"] if state["last_val_loss"] is not None else float("nan")
+        best = state.best_val_loss if state.best_val_loss is not None else float("nan")
+        last_val = state.last_val_loss if state.last_val_loss is not None else float("nan")
         return TrainResult(
             run_dir=self.run_dir,
-            epochs_done=state["epoch"] + state["batch"] / max(1, self.n_batches),
-            steps=state["step"],
+            epochs_done=state.epoch + state.batch / max(1, self.n_batches),
+            steps=state.step,
             best_val_loss=best,
             last_val_loss=last_val,
-            elapsed_s=state["elapsed_s"],
-            chars_per_sec=state["chars_seen"] / max(state["elapsed_s"], 1e-9),
+            elapsed_s=state.elapsed_s,
+            chars_per_sec=state.chars_seen / max(state.elapsed_s, 1e-9),
             interrupted=interrupted,
         )
 
