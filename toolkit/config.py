@@ -141,17 +141,12 @@ PRESETS: dict[str, TrainConfig] = {
         sample_length=40,
     ),
     # Budgets are steps (the work), so that a seed gives the same model on every machine: the
-    # steps the wall-clock budgets (1, 10, 30 min) gave on the AMD EPYC with AVX512-BF16 these
-    # presets were tuned on (1,294, 2,093 and 2,889), rounded. Validation every few hundred
-    # steps and at the end (the epoch ends need not be validated: cheaper, and the points are
-    # the same everywhere).
-    # 1,300 steps (a minute with bf16): many small steps beat fewer large ones, and a high
-    # peak learning rate with cosine decay to the budget's end (1e-2 beat 3e-3 and 1.5e-2).
-    # Zeroing 10% of the streams' state at each window border teaches the zero state that
-    # generation starts from: 0 of 40 degenerate greedy starts instead of 3, line-start loss
-    # +0.045 nats over carried instead of +0.137, carried loss +0.006 (0.25: +0.025).
-    # Embedding 64 instead of 32: 1.575 / 1.566 against 1.612 / 1.608 (two 60 s runs each;
-    # 96 and 128 were no better), for 5% fewer steps.
+    # steps of the wall-clock budgets (1, 10, 30 min with bf16) these presets were tuned with,
+    # rounded. Validation every few hundred steps and at the end. How each setting was chosen,
+    # with the runs that chose it: benchmarks/reports/train_presets_history.md.
+    # quick: many small steps with a high peak learning rate and cosine decay to the budget's
+    # end; 10% of the streams' state zeroed at each window border, which teaches the zero
+    # state every generation starts from (benchmarks/reports/cold_start.md).
     "quick": TrainConfig(
         preset="quick",
         embedding_dim=64,
@@ -165,13 +160,9 @@ PRESETS: dict[str, TrainConfig] = {
         eval_steps=325,
         reset_prob=0.1,
     ),
-    # Measured on 2 cores: 128 x 50 runs ~20k chars/s against ~14k for 64 x 100 (the LSTM's
-    # per-timestep cost grows slowly with batch), and the carried state makes 50 steps of
-    # back-propagation enough. Dropout before the output layer and decoupled weight decay
-    # (as AdamW) narrow the train/val gap; fp32, which lacks bf16's rounding noise, needs
-    # dropout 0.2 where bf16 was fine with 0.1 (benchmarks/reports/train_presets.md).
-    # 10% state resets (see quick): line-start loss close to the carried loss.
-    # 2,100 steps: 13.5 epochs, 10 minutes with bf16.
+    # default: 128 x 50 windows (faster per character than 64 x 100 on 2 cores; the carried
+    # state makes 50 steps of back-propagation enough), dropout before the output layer and
+    # decoupled weight decay against over-fitting, 10% state resets as quick.
     "default": TrainConfig(
         preset="default",
         batch_size=128,
@@ -188,13 +179,12 @@ PRESETS: dict[str, TrainConfig] = {
         units=512,
         layers=2,
         dropout=0.2,
-        # 1.4180 in 30 minutes; 0.1 gave 1.4274 and none 1.4300 (dropout 0.35 instead: 1.4325).
-        weight_decay=0.2,
+        weight_decay=0.2,  # more than default's: twice the parameters on the same corpus
         seq_length=50,
         batch_size=128,
-        max_steps=2900,  # 18.6 epochs, 30 minutes with bf16
+        max_steps=2900,
         eval_steps=290,
-        reset_prob=0.1,  # as default (not measured at this size yet)
+        reset_prob=0.1,
     ),
     "seed": TrainConfig(
         preset="seed",
