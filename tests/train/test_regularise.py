@@ -248,3 +248,24 @@ def test_cli_options_reach_the_config_and_bad_values_are_one_line(tmp_path: Path
     assert out.returncode != 0
     assert "weight-drop must be in [0, 1)" in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_every_mask_of_a_step_is_drawn_on_its_own() -> None:
+    """Deep models too: no two masks of a step share their random numbers."""
+    import tensorflow as tf
+
+    from toolkit.config import ModelConfig
+    from toolkit.train.regularise import Regularisers, draw
+
+    model = ModelConfig(vocab_size=64, embedding_dim=64, units=16, layers=6, dropout=0.5)
+    reg = Regularisers(
+        weight_drop=0.5, input_dropout=0.5, embedding_dropout=0.5, locked_dropout=True
+    )
+    masks = draw(reg, model, 64, tf.constant([1337, 7], tf.int64))
+    flat = [m.numpy().ravel()[:64] for m in masks.recurrent]
+    flat += [m.numpy().ravel()[:64] for m in masks.between[1:]]
+    flat += [masks.output.numpy().ravel()[:64], masks.inputs.numpy().ravel()[:64]]
+    flat += [masks.embedding.numpy()]
+    for i, a in enumerate(flat):
+        for b in flat[i + 1 :]:
+            assert not np.array_equal(a, b)

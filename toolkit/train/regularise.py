@@ -58,26 +58,23 @@ class Masks:
         return cls(recurrent=[None] * layers, between=[None] * layers)
 
 
-def _keep(tf: Any, shape: list[Any], rate: float, seed: Any, salt: int) -> Any:
-    """A float32 mask of 1 / (1 - rate) (kept) and 0, reproducible from (seed, salt)."""
-    seed = tf.stack([seed[0], seed[1] * 16 + salt])
+def _keep(tf: Any, shape: list[Any], rate: float, seed: Any, salt: int, layer: int = 0) -> Any:
+    """A float32 mask of 1 / (1 - rate) (kept) and 0, reproducible from (seed, salt, layer):
+    each mask of a step has its own salt (< 16), each layer its own first seed component."""
+    seed = tf.stack([seed[0] + 7919 * layer, seed[1] * 16 + salt])
     draw = tf.random.stateless_uniform(shape, seed=seed)
     return tf.cast(draw >= rate, tf.float32) / (1.0 - rate)
 
 
-def draw(
-    reg: Regularisers, model: ModelConfig, batch: Any, seed: Any, training: bool = True
-) -> Masks:
+def draw(reg: Regularisers, model: ModelConfig, batch: Any, seed: Any) -> Masks:
     """The masks of one training step; `seed` is an int64 pair (run seed, optimiser step)."""
     import tensorflow as tf
 
     masks = Masks.none(model.layers)
-    if not training:
-        return masks
     if reg.weight_drop > 0:
         shape = [model.units, 4 * model.units]
         masks.recurrent = [
-            _keep(tf, shape, reg.weight_drop, seed, 1 + layer) for layer in range(model.layers)
+            _keep(tf, shape, reg.weight_drop, seed, 1, layer) for layer in range(model.layers)
         ]
     if reg.embedding_dropout > 0:
         masks.embedding = _keep(tf, [model.vocab_size], reg.embedding_dropout, seed, 9)
@@ -85,7 +82,7 @@ def draw(
         masks.inputs = _keep(tf, [batch, model.embedding_dim], reg.input_dropout, seed, 10)
     if reg.locked_dropout and model.dropout > 0:
         masks.between = [None] + [
-            _keep(tf, [batch, model.units], model.dropout, seed, 11 + layer)
+            _keep(tf, [batch, model.units], model.dropout, seed, 11, layer)
             for layer in range(1, model.layers)
         ]
         masks.output = _keep(tf, [batch, model.units], model.dropout, seed, 15)
