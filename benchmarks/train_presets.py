@@ -11,6 +11,20 @@ its steps, validations and the whole process took, a generated sample, and one c
 validation loss against steps for every preset. `--report-only` rebuilds the report from
 existing runs; a name may be a run directory's (`quick-bf16`: its preset comes from its
 run.json). `--reference` adds the rows of an earlier report (another machine) to the time table.
+
+The regularisers' ablation (toolkit/train/regularise.py):
+
+    python benchmarks/train_presets.py --ablation default-wd25,... --ablation-runs runs/abl
+        [--keep-results] [--step-times 20]
+
+adds a table of the runs in --ablation-runs (each a `toolkit train --preset P --<lever> ...`
+run directory: its levers come from its config.json) beside the report's run of the same preset
+without them, and their curves (train_presets_ablation.png). Time per step comes two ways: each
+run's own (training time over steps, as the machine's load was during that run) and, with
+`--step-times N`, every run's configuration and its preset's timed N steps each in this one
+process, interleaved (the median of per-round ratios to the preset: what other processes do
+to the machine cancels). `--keep-results` keeps the report's preset rows from its JSON as they
+are (their run directories need not be here).
 """
 
 from __future__ import annotations
@@ -132,6 +146,204 @@ def chart(results: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
+# The regularisers a run's config.json may set, and how the ablation table names them.
+LEVERS = {
+    "weight_drop": "weight drop {}",
+    "locked_dropout": "locked dropout",
+    "input_dropout": "input dropout {}",
+    "embedding_dropout": "embedding dropout {}",
+    "ema_decay": "EMA {}",
+}
+
+
+def levers(config: dict, preset_config: dict) -> str:
+    """What a run changes against its preset (config.json fields), e.g. "weight drop 0.25"."""
+    named = [
+        text.format(config[key])
+        for key, text in LEVERS.items()
+        if config.get(key) and config.get(key) != preset_config.get(key)
+    ]
+    others = [
+        f"{key} {config[key]}"
+        for key in ("dropout", "weight_decay", "learning_rate")
+        if config.get(key) != preset_config.get(key)
+    ]
+    return ", ".join(named + others) or "none"
+
+
+def ablation_row(run_dir: Path) -> dict:
+    import dataclasses
+
+    from toolkit.config import preset
+
+    row = summarize(run_dir.name, run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    base = dataclasses.asdict(preset(row["preset"]))
+    row.update(
+        levers=levers(config, base),
+        config={k: config[k] for k in (*LEVERS, "dropout", "weight_decay") if k in config},
+        step_ms_run=row["train_seconds"] / row["steps"] * 1e3,
+    )
+    row.pop("sample")
+    return row
+
+
+def step_times(rows: list[dict], steps: int, warmup: int = 3) -> dict[str, dict]:
+    """Each ablation run's configuration and its preset's, N training steps each on real
+    batches in this process, interleaved in a rotating order: median step ms and the median of
+    per-round ratios to the preset's step ({label: {...}}, labels "P" and run names)."""
+    import dataclasses
+    import statistics
+    import time
+
+    from toolkit.config import preset
+    from toolkit.data.batches import epoch_batches
+    from toolkit.data.corpus import bundled_corpus_text, split_corpus
+    from toolkit.train.trainer import Trainer, zero_state
+    from toolkit.vocabulary import Vocabulary
+
+    text = bundled_corpus_text()
+    vocab = Vocabulary.from_text(text)
+    configs = {}
+    for r in rows:
+        base = dataclasses.replace(preset(r["preset"]), precision="fp32")
+        configs.setdefault(r["preset"], (r["preset"], base))
+        configs[r["name"]] = (r["preset"], dataclasses.replace(base, **r["config"]))
+    trainers, batches, states = {}, {}, {}
+    for label, (_, config) in configs.items():
+        train_ids, _ = split_corpus(vocab.encode(text), config.val_fraction)
+        trainers[label] = Trainer(config, len(vocab))
+        batches[label] = epoch_batches(train_ids, config, 0)
+        states[label] = zero_state(trainers[label].model_config, config.batch_size)
+    labels = list(configs)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for k in range(warmup + steps):
+        shift = k % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            (x_all, y_all), (h, c) = batches[label], states[label]
+            t0 = time.perf_counter()
+            loss, h, c = trainers[label].train_step(
+                x_all[k % len(x_all)], y_all[k % len(y_all)], h, c
+            )
+            float(loss)  # wait for the step to finish
+            states[label] = (h, c)
+            if k >= warmup:
+                times[label].append(time.perf_counter() - t0)
+    return {
+        label: {
+            "preset": configs[label][0],
+            "step_ms_median": statistics.median(times[label]) * 1e3,
+            "ratio_to_preset": statistics.median(
+                t / b for t, b in zip(times[label], times[configs[label][0]], strict=True)
+            ),
+            "steps_timed": steps,
+        }
+        for label in labels
+    }
+
+
+def ablation_chart(rows: list[dict], baselines: dict[str, dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    presets = sorted({r["preset"] for r in rows}, key=list(TARGETS).index)
+    fig, axes = plt.subplots(1, len(presets), figsize=(6 * len(presets), 5), squeeze=False)
+    for ax, name in zip(axes[0], presets, strict=True):
+        base = baselines.get(name)
+        if base:
+            xs, ys = zip(*base["curve_steps"], strict=True)
+            ax.plot(
+                xs, ys, color="k", marker="o", label=f"{name}: none ({base['best_val_loss']:.4f})"
+            )
+        for r in rows:
+            if r["preset"] == name:
+                xs, ys = zip(*r["curve_steps"], strict=True)
+                ax.plot(xs, ys, marker=".", label=f"{r['levers']} ({r['best_val_loss']:.4f})")
+        if TARGETS.get(name):
+            ax.axhline(TARGETS[name], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("validation loss, nats/char")
+        low = min(
+            [r["best_val_loss"] for r in rows if r["preset"] == name]
+            + ([base["best_val_loss"]] if base else [])
+        )
+        ax.set_ylim(low - 0.03, low + 0.35)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"{name}: regularisers of the recurrence")
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def ablation_markdown(ablation: dict) -> list[str]:
+    rows, baselines = ablation["rows"], ablation["baselines"]
+    timed = ablation.get("step_times") or {}
+    lines = [
+        "## Regularisers of the recurrence (ablation)",
+        "",
+        f"Command: `{ablation['command']}`",
+        "",
+        "Each lever alone and in combination, on top of its preset at the preset's step budget "
+        "(fp32, seed fixed; toolkit/train/regularise.py): weight drop is DropConnect on the "
+        "recurrent kernel (one mask per optimiser step), locked dropout the preset's `dropout` "
+        "with one mask per stream per window instead of per character, input dropout a locked "
+        "mask on the LSTM's input, embedding dropout whole characters, EMA validation (and "
+        "export) on an average of the weights. Δ: against the preset's row above (no lever). "
+        "Line-start Δ: zero-state line-start loss over the carried loss at the best point "
+        "(mark: ≤ +0.08, 0/40 degenerate). Step ms (run): the run's training time over its "
+        "steps, "
+        + ablation.get("load_note", "")
+        + " Step ratio: the same configurations timed side by side in one process "
+        "(`--step-times`, interleaved; median of per-round ratios to the preset; mark ≤ 1.10).",
+        "",
+        "| run | preset | levers | steps | best val loss | Δ | line-start Δ | degenerate "
+        "| step ms (run) | step ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def line(r: dict, name: str, lever: str, base: dict | None) -> str:
+        delta = f"{r['best_val_loss'] - base['best_val_loss']:+.4f}" if base else "–"
+        cold = (
+            f"{r['cold_loss'] - r['best_val_loss']:+.3f}" if r.get("cold_loss") is not None else "–"
+        )
+        degenerate = (
+            f"{r['degenerate_starts']}/{r['cold_prompts']}" if r.get("cold_prompts") else "–"
+        )
+        ratio = timed.get(name, {}).get("ratio_to_preset")
+        return (
+            f"| {name} | {r['preset']} | {lever} | {r['steps']:,} | **{r['best_val_loss']:.4f}** "
+            f"| {delta} | {cold} | {degenerate} | "
+            f"{r['train_seconds'] / r['steps'] * 1e3:,.0f} | "
+            + (f"{ratio:.2f}" if ratio is not None else "–")
+            + " |"
+        )
+
+    for name in sorted(baselines, key=list(TARGETS).index):
+        base = baselines[name]
+        lines.append(line(base, f"{name} (above)", "none", None))
+        for r in rows:
+            if r["preset"] == name:
+                lines.append(line(r, r["name"], r["levers"], base))
+    if timed:
+        lines += [
+            "",
+            "Step times side by side ("
+            + ", ".join(f"{k} {v['step_ms_median']:.0f} ms" for k, v in timed.items())
+            + f"; {next(iter(timed.values()))['steps_timed']} steps each).",
+        ]
+    lines += ["", "Each run's command:", ""]
+    lines += [f"- {r['name']}: `{r['run_command']}`" for r in rows]
+    if ablation.get("note"):
+        lines += ["", ablation["note"]]
+    lines += ["", "![validation loss against steps, per lever](train_presets_ablation.png)", ""]
+    return lines
+
+
 def _minutes(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f} min"
 
@@ -142,6 +354,7 @@ def markdown(
     machine: dict,
     note: str = "",
     reference: dict | None = None,
+    ablation: dict | None = None,
 ) -> str:
     lines = [
         "# Presets: validation loss within a step budget",
@@ -228,7 +441,10 @@ def markdown(
     lines += [f"- {r['name']}: `{r['run_command']}`" for r in results]
     if note:
         lines += ["", note]
-    lines += ["", "![validation loss against steps](train_presets.png)", "", "## Samples", ""]
+    lines += ["", "![validation loss against steps](train_presets.png)", ""]
+    if ablation:
+        lines += ablation_markdown(ablation)
+    lines += ["## Samples", ""]
     for r in results:
         lines += [f"### {r['name']} (temperature 0.6, seed 1)", "", "```", r["sample"], "```", ""]
     return "\n".join(lines)
@@ -245,30 +461,75 @@ def main() -> None:
     parser.add_argument(
         "--reference", type=Path, default=None, help="an earlier report: its rows beside these"
     )
+    parser.add_argument("--ablation", default="", help="run directory names in --ablation-runs")
+    parser.add_argument("--ablation-runs", type=Path, default=Path("runs/abl"))
+    parser.add_argument("--ablation-note", default="", help="a paragraph under the ablation")
+    parser.add_argument(
+        "--load-note", default="", help="how loaded the machine was during the ablation runs"
+    )
+    parser.add_argument("--step-times", type=int, default=0, help="steps each, side by side")
+    parser.add_argument(
+        "--keep-results", action="store_true", help="the preset rows of the report's JSON"
+    )
     args = parser.parse_args()
     names = args.presets.split(",")
-    if not args.report_only:
-        for name in names:
-            train_preset(name, args.runs, args.precision)
-    results = [summarize(name, args.runs / name) for name in names]
     argv = sys.argv[1:]
-    shown = [  # without --note and its text
+    free_text = ("--note", "--ablation-note", "--load-note")
+    shown = [  # without the notes' texts
         a
         for i, a in enumerate(argv)
-        if not a.startswith("--note") and not (i > 0 and argv[i - 1] == "--note")
+        if not a.startswith(free_text) and not (i > 0 and argv[i - 1] in free_text)
     ]
     command = "python benchmarks/train_presets.py " + " ".join(shown)
-    machine = machine_info()
+    previous = json.loads(args.out.with_suffix(".json").read_text()) if args.keep_results else None
+    if previous:
+        results, machine = previous["results"], previous["machine"]
+        command = previous["command"]
+    else:
+        if not args.report_only:
+            for name in names:
+                train_preset(name, args.runs, args.precision)
+        results = [summarize(name, args.runs / name) for name in names]
+        machine = machine_info()
+    ablation = None
+    if args.ablation:
+        rows = [ablation_row(args.ablation_runs / n) for n in args.ablation.split(",")]
+        baselines = {r["name"]: r for r in results if r["name"] in {x["preset"] for x in rows}}
+        ablation = {
+            "command": "python benchmarks/train_presets.py " + " ".join(shown),
+            "machine": machine_info(),
+            "rows": rows,
+            "baselines": baselines,
+            "step_times": step_times(rows, args.step_times) if args.step_times else None,
+            "load_note": args.load_note,
+            "note": args.ablation_note,
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     reference = json.loads(args.reference.read_text()) if args.reference else None
+    if previous and previous.get("reference") and not reference:
+        reference = previous["reference"]
     report = {"command": command, "machine": machine, "results": results}
     if reference:
         report["reference"] = {k: reference[k] for k in ("command", "machine", "results")}
+    if ablation:
+        report["ablation"] = {k: v for k, v in ablation.items() if k != "baselines"}
+    note = args.note or (previous or {}).get("note", "")
+    if note:
+        report["note"] = note
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2))
     atomic_write_text(
-        args.out.with_suffix(".md"), markdown(results, command, machine, args.note, reference)
+        args.out.with_suffix(".md"),
+        markdown(results, command, machine, note, reference, ablation),
     )
-    atomic_write_bytes(args.out.with_suffix(".png"), chart(results))
+    if not previous:
+        atomic_write_bytes(args.out.with_suffix(".png"), chart(results))
+    if ablation:
+        atomic_write_bytes(
+            args.out.parent / (args.out.name + "_ablation.png"),
+            ablation_chart(ablation["rows"], ablation["baselines"]),
+        )
+        for r in ablation["rows"]:
+            print(f"{r['name']} ({r['levers']}): best {r['best_val_loss']:.4f} nats")
     for r in results:
         print(f"{r['name']}: best {r['best_val_loss']:.4f} nats (target {r['target_val_loss']})")
 

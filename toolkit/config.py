@@ -55,6 +55,17 @@ class TrainConfig:
     # Decoupled (AdamW-style) weight decay on the kernels and embeddings, scaled by the
     # learning rate; biases are not decayed. A regulariser for small corpora.
     weight_decay: float = 0.0
+    # The recurrence's regularisers (AWD-LSTM's; train/regularise.py), all gone at inference:
+    # DropConnect on the recurrent kernels (one mask per optimiser step), locked dropout on the
+    # first LSTM's input (one mask per stream per window), whole characters dropped from the
+    # embedding, and `dropout` with one mask per stream per window instead of per character.
+    weight_drop: float = 0.0
+    input_dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    locked_dropout: bool = False
+    # An exponential moving average of the weights (0: off), which validation, the best
+    # checkpoint's model.keras and so every export use; checkpoints keep both for a resume.
+    ema_decay: float = 0.0
     jit_compile: bool = False  # XLA for the training step
     # float32 training runs the hand-written LSTM of train/fused_lstm.py (the same function
     # and gradients, faster on CPU); False: Keras's LSTM loop, the step of b2a875a.
@@ -115,6 +126,10 @@ class TrainConfig:
             (self.batch_size >= 1, "batch-size must be >= 1"),
             (self.learning_rate > 0, "learning-rate must be > 0"),
             (self.weight_decay >= 0, "weight-decay must be >= 0"),
+            (0.0 <= self.weight_drop < 1.0, "weight-drop must be in [0, 1)"),
+            (0.0 <= self.input_dropout < 1.0, "input-dropout must be in [0, 1)"),
+            (0.0 <= self.embedding_dropout < 1.0, "embedding-dropout must be in [0, 1)"),
+            (0.0 <= self.ema_decay < 1.0, "ema-decay must be in [0, 1)"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, "max-steps must be >= 1"),
             (self.eval_steps is None or self.eval_steps >= 1, "eval-steps must be >= 1"),

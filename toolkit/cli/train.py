@@ -46,6 +46,28 @@ def train(
     weight_decay: Annotated[
         float | None, typer.Option(help="decoupled weight decay (AdamW-style), 0 = off")
     ] = None,
+    weight_drop: Annotated[
+        float | None,
+        typer.Option(help="DropConnect on the recurrent kernels, one mask per step (0 = off)"),
+    ] = None,
+    input_dropout: Annotated[
+        float | None,
+        typer.Option(help="locked dropout on the LSTM's input, a mask per stream per window"),
+    ] = None,
+    embedding_dropout: Annotated[
+        float | None, typer.Option(help="drop whole characters from the embedding (0 = off)")
+    ] = None,
+    locked_dropout: Annotated[
+        bool | None,
+        typer.Option(
+            "--locked-dropout/--no-locked-dropout",
+            help="--dropout with one mask per stream per window, not per character",
+        ),
+    ] = None,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option(help="validate and export an average of the weights (0 = off; e.g. 0.995)"),
+    ] = None,
     val_fraction: Annotated[float | None, typer.Option()] = None,
     precision: Annotated[
         str,
@@ -82,6 +104,11 @@ def train(
             "layers": layers,
             "dropout": dropout,
             "weight_decay": weight_decay,
+            "weight_drop": weight_drop,
+            "input_dropout": input_dropout,
+            "embedding_dropout": embedding_dropout,
+            "locked_dropout": locked_dropout,
+            "ema_decay": ema_decay,
             "val_fraction": val_fraction,
             "reset_prob": reset_prob,
             "val_chars": val_chars,

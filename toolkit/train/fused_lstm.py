@@ -28,38 +28,63 @@ from __future__ import annotations
 from typing import Any
 
 from toolkit.logs import import_tensorflow
+from toolkit.train.regularise import Masks, embedding_masks
 
 tf = import_tensorflow()
 
 
-def forward(model: Any, layers: int, dropout: float, tokens: Any, h: Any, c: Any) -> Any:
+def forward(
+    model: Any,
+    layers: int,
+    dropout: float,
+    tokens: Any,
+    h: Any,
+    c: Any,
+    masks: Masks | None = None,
+) -> Any:
     """Training-mode forward pass: (logits [batch, time, vocab], h_out, c_out [batch, layers,
-    units]), as `model({"tokens", "h", "c"}, training=True)` gives."""
+    units]), as `model({"tokens", "h", "c"}, training=True)` gives; `masks`: the step's
+    regularisers (train/regularise.py), as its keras_forward applies them."""
+    masks = masks or Masks.none(layers)
     embeddings = model.get_layer("embedding").embeddings
     # [time, emb, batch]: each step's input as columns (the gather's gradient stays per token).
     seq_t = tf.transpose(tf.gather(embeddings, tf.transpose(tokens)), [0, 2, 1])
+    seq_t = embedding_masks(tf, seq_t, tokens, masks, batch_major=False)
+    between = masks.between or [None] * layers
     h_out, c_out = [], []
     for layer in range(layers):
-        if dropout > 0 and layer > 0:  # on [batch, time, units], as in the Keras model
-            batch_major = tf.transpose(seq_t, [2, 0, 1])
-            dropped = model.get_layer(f"dropout_{layer}")(batch_major, training=True)
-            seq_t = tf.transpose(dropped, [1, 2, 0])
+        if dropout > 0 and layer > 0:
+            seq_t = _dropout_t(model, seq_t, f"dropout_{layer}", between[layer])
         cell = model.get_layer(f"lstm_{layer}").cell
+        recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
+        if masks.recurrent[layer] is not None:  # weight drop: this step's recurrent kernel
+            recurrent = recurrent * masks.recurrent[layer]
         seq_t, c_last = recurrence(
             seq_t,
             tf.transpose(h[:, layer]),
             tf.transpose(c[:, layer]),
             tf.convert_to_tensor(cell.kernel),
-            tf.convert_to_tensor(cell.recurrent_kernel),
+            recurrent,
             tf.convert_to_tensor(cell.bias),
         )
         h_out.append(tf.transpose(seq_t[-1]))
         c_out.append(tf.transpose(c_last))
+    if dropout > 0 and masks.output is not None:  # locked: [units, batch] on every step
+        seq_t = seq_t * tf.transpose(masks.output)[None]
     out = tf.transpose(seq_t, [2, 0, 1])  # [batch, time, units]
-    if dropout > 0:
+    if dropout > 0 and masks.output is None:
         out = model.get_layer("dropout_out")(out, training=True)
     logits = model.get_layer("logits")(out)
     return logits, tf.stack(h_out, axis=1), tf.stack(c_out, axis=1)
+
+
+def _dropout_t(model: Any, seq_t: Any, name: str, locked: Any | None) -> Any:
+    """`dropout` on the feature-major window: the Keras model's layer on [batch, time, units]
+    (the same masks as the Keras path), or the locked mask [batch, units] on every step."""
+    if locked is not None:
+        return seq_t * tf.transpose(locked)[None]
+    dropped = model.get_layer(name)(tf.transpose(seq_t, [2, 0, 1]), training=True)
+    return tf.transpose(dropped, [1, 2, 0])
 
 
 def sigmoid_grad(y: Any, dy: Any) -> Any:

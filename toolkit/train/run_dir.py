@@ -32,6 +32,7 @@ RESUME_LOCKED = (
     "val_fraction",
     "seed",
     "stateful",
+    "ema_decay",  # the optimizer's variables (the average) follow it
 )
 
 

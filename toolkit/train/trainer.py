@@ -20,8 +20,10 @@ import numpy as np
 from toolkit import __version__
 from toolkit.config import ModelConfig, TrainConfig
 from toolkit.machine import library_versions
+from toolkit.train import regularise
 from toolkit.train.cold_start import ColdStart
 from toolkit.train.cold_start import measure as measure_cold_start
+from toolkit.train.regularise import Masks, Regularisers
 from toolkit.vocabulary import Vocabulary
 
 FUSED_CHUNK = 64  # steps of the fused validation pass's unrolled windows
@@ -64,14 +66,18 @@ class Trainer:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self.model = build_model(self.model_config, policy)
             self.optimizer = keras.optimizers.Adam(
-                learning_rate=config.learning_rate, weight_decay=config.weight_decay or None
+                learning_rate=config.learning_rate,
+                weight_decay=config.weight_decay or None,
+                use_ema=config.ema_decay > 0,
+                ema_momentum=config.ema_decay or 0.99,
             )
             if config.weight_decay:
                 self.optimizer.exclude_from_weight_decay(var_names=["bias"])
             self.optimizer.build(self.model.trainable_variables)
         # Validation, samples and cold-start figures use a plain float32 model, like every
         # exported graph (and, on a worker, outside the strategy: no collectives in them).
-        if policy == "float32" and strategy is None:
+        # With an average of the weights, that model holds the average.
+        if policy == "float32" and strategy is None and not config.ema_decay:
             self.eval_model = self.model
         else:
             self.eval_model = build_model(self.model_config)
@@ -82,6 +88,7 @@ class Trainer:
         # (benchmarks/reports/train_throughput.md). bf16 keeps the Keras loop.
         self.fused = config.fused_lstm and policy == "float32"
         self.forward = self._fused_forward if self.fused else self._keras_forward
+        self.regularisers = Regularisers.of(config)
 
         if strategy is None:
             forward = self.forward
@@ -175,14 +182,28 @@ class Trainer:
 
         return train_step
 
-    def _keras_forward(self, x: Any, h: Any, c: Any) -> Any:
-        return self.model({"tokens": x, "h": h, "c": c}, training=True)
+    def masks(self, x: Any) -> Masks:
+        """This optimiser step's regularisation masks (train/regularise.py)."""
+        import tensorflow as tf
 
-    def _fused_forward(self, x: Any, h: Any, c: Any) -> Any:
+        seed = tf.stack(
+            [tf.constant(self.config.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)]
+        )
+        return regularise.draw(self.regularisers, self.model_config, tf.shape(x)[0], seed)
+
+    def _keras_forward(self, x: Any, h: Any, c: Any, masks: Masks | None = None) -> Any:
+        cfg = self.model_config
+        masks = masks or self.masks(x)
+        return regularise.keras_forward(self.model, cfg.layers, cfg.dropout, masks, x, h, c)
+
+    def _fused_forward(self, x: Any, h: Any, c: Any, masks: Masks | None = None) -> Any:
         from toolkit.train import fused_lstm
 
         cfg = self.model_config
-        logits, h_out, c_out = fused_lstm.forward(self.model, cfg.layers, cfg.dropout, x, h, c)
+        masks = masks or self.masks(x)
+        logits, h_out, c_out = fused_lstm.forward(
+            self.model, cfg.layers, cfg.dropout, x, h, c, masks
+        )
         return {"logits": logits, "h_out": h_out, "c_out": c_out}
 
     # ----------------------------------------------------------------- across workers
@@ -236,8 +257,13 @@ class Trainer:
         return self.eval_model
 
     def sync_eval_model(self) -> None:
-        if self.eval_model is not self.model:
-            self.eval_model.set_weights(self.model.get_weights())
+        if self.eval_model is self.model:
+            return
+        self.eval_model.set_weights(self.model.get_weights())
+        if self.config.ema_decay:  # the average in place of the trained weights
+            averages = self.optimizer._model_variables_moving_average
+            for target, average in zip(self.eval_model.trainable_variables, averages, strict=True):
+                target.assign(average)
 
     def set_learning_rate(self, value: float) -> None:
         self.optimizer.learning_rate.assign(value)
