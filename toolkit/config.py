@@ -68,7 +68,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     jit_compile: bool = False  # XLA for the training step
     # float32 training runs the hand-written LSTM of train/fused_lstm.py (the same function
-    # and gradients, faster on CPU); False: Keras's LSTM loop, the step of b2a875a.
+    # and gradients, faster on CPU); False: Keras's LSTM loop (bf16 always runs it).
     fused_lstm: bool = True
     stateful: bool = True  # carry LSTM state across consecutive windows (char-rnn style)
     # Probability that a stream's carried state is zeroed at a window border. Carried state

@@ -16,26 +16,83 @@ from toolkit.errors import UsageError
 from toolkit.logs import require_tensorflow
 from toolkit.metrics import bits_per_char
 
+# The recurrence's regularisers (train/regularise.py), declared once here.
+WeightDrop = Annotated[
+    float | None,
+    typer.Option(help="DropConnect on the recurrent kernels, one mask per step (0 = off)"),
+]
+InputDropout = Annotated[
+    float | None,
+    typer.Option(help="locked dropout on the LSTM's input, a mask per stream per window"),
+]
+EmbeddingDropout = Annotated[
+    float | None, typer.Option(help="drop whole characters from the embedding (0 = off)")
+]
+LockedDropout = Annotated[
+    bool | None,
+    typer.Option(
+        "--locked-dropout/--no-locked-dropout",
+        help="--dropout with one mask per stream per window, not per character",
+    ),
+]
+EmaDecay = Annotated[
+    float | None,
+    typer.Option(help="validate and export an average of the weights (0 = off; e.g. 0.995)"),
+]
+
+
+# Options whose declarations take several lines, declared once here.
+PresetNameOption = Annotated[
+    str, typer.Option("--preset", help="see the README's table", **choice(PRESETS))
+]
+DataOption = Annotated[
+    Path | None, typer.Option(help="UTF-8 text file or folder of .txt (default: bundled)")
+]
+MaxStepsOption = Annotated[
+    int | None,
+    typer.Option(help="the run's work in optimizer steps (0: none, epochs or minutes decide)"),
+]
+MaxMinutesOption = Annotated[
+    float | None,
+    typer.Option(help="cap on the training time; where it binds, the schedule follows it"),
+]
+WeightDecayOption = Annotated[
+    float | None, typer.Option(help="decoupled weight decay (AdamW-style), 0 = off")
+]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(help="training compute: auto = bf16 where the CPU has it", **choice(PRECISIONS)),
+]
+ResetProbOption = Annotated[
+    float | None,
+    typer.Option(help="chance a stream's state is zeroed at a window border (cold starts)"),
+]
+ValCharsOption = Annotated[
+    int | None, typer.Option(help="validate on at most this many characters (default: all)")
+]
+WorkersOption = Annotated[
+    int, typer.Option(help="train on N local worker processes (tf.distribute)")
+]
+
+
+# Options that set the TrainConfig field of the same name when given.
+OVERRIDES = (
+    "epochs", "max_steps", "max_minutes", "batch_size", "learning_rate", "seq_length",
+    "embedding_dim", "units", "layers", "dropout", "weight_decay", "weight_drop",
+    "input_dropout", "embedding_dropout", "locked_dropout", "ema_decay", "val_fraction",
+    "reset_prob", "val_chars", "seed",
+)  # fmt: skip
+
 
 def train(
-    preset_name: Annotated[
-        str, typer.Option("--preset", help="see the README's table", **choice(PRESETS))
-    ] = "default",
-    data: Annotated[
-        Path | None, typer.Option(help="UTF-8 text file or folder of .txt (default: bundled)")
-    ] = None,
+    preset_name: PresetNameOption = "default",
+    data: DataOption = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<corpus>)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing run directory")] = False,
     epochs: Annotated[int | None, typer.Option()] = None,
-    max_steps: Annotated[
-        int | None,
-        typer.Option(help="the run's work in optimizer steps (0: none, epochs or minutes decide)"),
-    ] = None,
-    max_minutes: Annotated[
-        float | None,
-        typer.Option(help="cap on the training time; where it binds, the schedule follows it"),
-    ] = None,
+    max_steps: MaxStepsOption = None,
+    max_minutes: MaxMinutesOption = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     learning_rate: Annotated[float | None, typer.Option()] = None,
     seq_length: Annotated[int | None, typer.Option()] = None,
@@ -43,80 +100,26 @@ def train(
     units: Annotated[int | None, typer.Option()] = None,
     layers: Annotated[int | None, typer.Option()] = None,
     dropout: Annotated[float | None, typer.Option()] = None,
-    weight_decay: Annotated[
-        float | None, typer.Option(help="decoupled weight decay (AdamW-style), 0 = off")
-    ] = None,
-    weight_drop: Annotated[
-        float | None,
-        typer.Option(help="DropConnect on the recurrent kernels, one mask per step (0 = off)"),
-    ] = None,
-    input_dropout: Annotated[
-        float | None,
-        typer.Option(help="locked dropout on the LSTM's input, a mask per stream per window"),
-    ] = None,
-    embedding_dropout: Annotated[
-        float | None, typer.Option(help="drop whole characters from the embedding (0 = off)")
-    ] = None,
-    locked_dropout: Annotated[
-        bool | None,
-        typer.Option(
-            "--locked-dropout/--no-locked-dropout",
-            help="--dropout with one mask per stream per window, not per character",
-        ),
-    ] = None,
-    ema_decay: Annotated[
-        float | None,
-        typer.Option(help="validate and export an average of the weights (0 = off; e.g. 0.995)"),
-    ] = None,
+    weight_decay: WeightDecayOption = None,
+    weight_drop: WeightDrop = None,
+    input_dropout: InputDropout = None,
+    embedding_dropout: EmbeddingDropout = None,
+    locked_dropout: LockedDropout = None,
+    ema_decay: EmaDecay = None,
     val_fraction: Annotated[float | None, typer.Option()] = None,
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="training compute: auto = bf16 where the CPU has it", **choice(PRECISIONS)
-        ),
-    ] = "auto",
-    reset_prob: Annotated[
-        float | None,
-        typer.Option(help="chance a stream's state is zeroed at a window border (cold starts)"),
-    ] = None,
-    val_chars: Annotated[
-        int | None, typer.Option(help="validate on at most this many characters (default: all)")
-    ] = None,
+    precision: PrecisionOption = "auto",
+    reset_prob: ResetProbOption = None,
+    val_chars: ValCharsOption = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    workers: Annotated[
-        int, typer.Option(help="train on N local worker processes (tf.distribute)")
-    ] = 1,
+    workers: WorkersOption = 1,
     sample: Annotated[bool, typer.Option(help="print a short sample after each epoch")] = True,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Train the model (bundled Shakespeare by default); resumable and atomic."""
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "epochs": epochs,
-            "max_steps": max_steps,
-            "max_minutes": max_minutes,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "seq_length": seq_length,
-            "embedding_dim": embedding_dim,
-            "units": units,
-            "layers": layers,
-            "dropout": dropout,
-            "weight_decay": weight_decay,
-            "weight_drop": weight_drop,
-            "input_dropout": input_dropout,
-            "embedding_dropout": embedding_dropout,
-            "locked_dropout": locked_dropout,
-            "ema_decay": ema_decay,
-            "val_fraction": val_fraction,
-            "reset_prob": reset_prob,
-            "val_chars": val_chars,
-            "precision": None if precision == "auto" else precision,
-            "seed": seed,
-        }.items()
-        if v is not None
-    }
+    given = locals()  # the options, by name: those below override the preset's same field
+    overrides: dict[str, Any] = {k: given[k] for k in OVERRIDES if given[k] is not None}
+    if precision != "auto":
+        overrides["precision"] = precision
     if not sample:
         overrides["sample_every_epoch"] = False
     if overrides.get("max_steps") == 0:  # --max-steps 0: no step budget (epochs, minutes)
