@@ -14,8 +14,8 @@ import typer
 from toolkit.cli.common import choice
 from toolkit.errors import UsageError
 from toolkit.runtime.backends import RUNTIMES
-from toolkit.runtime.decode import DecodeOptions, compile_pattern
-from toolkit.runtime.generator import UNKNOWN_CHOICES, load
+from toolkit.runtime.decode import compile_pattern
+from toolkit.runtime.generator import UNKNOWN_CHOICES, decode_options, load
 from toolkit.runtime.manifest import VARIANTS
 
 # The controls' options, declared once here so that `generate` reads as a list.
@@ -94,21 +94,11 @@ def generate(
     # Bad options and prompts are refused before the prompt is echoed: stdout gets text or
     # nothing.
     generator = load(model, runtime=runtime, variant=variant, threads=threads)
-    options = DecodeOptions(
-        length,
-        temperature,
-        top_k,
-        top_p,
-        (stop,) if stop else (),
-        seed,
-        num_samples,
-        logit_bias=parse_bias(bias or [], generator.index),
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        regex=regex,
-        choice=tuple(choice_ or ()),
-        logprobs=logprobs,
-    )
+    options = decode_options(
+        length, temperature, top_k, top_p, stop, seed, num_samples,
+        dict(parse_bias(bias or [], generator.index)), presence_penalty, frequency_penalty,
+        regex, choice_ or (), logprobs,
+    )  # fmt: skip
     compile_pattern(options, generator.vocab)  # a bad pattern: one line, before any output
     generator.encode(prompt, unknown)
     stream = num_samples == 1 and not as_json

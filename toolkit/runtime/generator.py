@@ -274,21 +274,10 @@ class Generator:
         `options` (a DecodeOptions, as the CLI and the server build it) replaces the loose
         arguments when given."""
         if options is None:
-            options = DecodeOptions(
-                length,
-                temperature,
-                top_k,
-                top_p,
-                (stop,) if stop else (),
-                seed,
-                num_samples,
-                logit_bias=tuple(sorted((logit_bias or {}).items())),
-                presence_penalty=presence_penalty,
-                frequency_penalty=frequency_penalty,
-                regex=regex,
-                choice=tuple(choice),
-                logprobs=logprobs,
-            )
+            options = decode_options(
+                length, temperature, top_k, top_p, stop, seed, num_samples, logit_bias,
+                presence_penalty, frequency_penalty, regex, choice, logprobs,
+            )  # fmt: skip
         rng = np.random.default_rng(options.seed)
         t0 = time.perf_counter()
         session = self.session(options.n)
@@ -322,6 +311,39 @@ class Generator:
         from toolkit.runtime.score import score
 
         return score(self, text, top, streams, overlap, unknown, progress)
+
+
+def decode_options(
+    length: int = 200,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop: str | None = None,
+    seed: int | None = None,
+    num_samples: int = 1,
+    logit_bias: Mapping[int, float] | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    regex: str | None = None,
+    choice: Sequence[str] = (),
+    logprobs: int | None = None,
+) -> DecodeOptions:
+    """`generate`'s loose arguments (and the CLI's options) as the one DecodeOptions."""
+    return DecodeOptions(
+        length,
+        temperature,
+        top_k,
+        top_p,
+        (stop,) if stop else (),
+        seed,
+        num_samples,
+        logit_bias=tuple(sorted((logit_bias or {}).items())),
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        regex=regex,
+        choice=tuple(choice),
+        logprobs=logprobs,
+    )
 
 
 def default_model_dir(runtime: str = "onnx") -> Path:
