@@ -136,6 +136,11 @@ class Group:
         self.rng = rng if rng is not None else np.random.default_rng(options.seed)
         # Per stop string: its automaton's rows (state, token -> state) and its length.
         self.stops = [(stop_table(s, vocab.chars).tolist(), len(s)) for s in options.stop]
+        # The characters that begin a stop string: a row holding nothing back moves none of
+        # its automata on any other character (bool [vocab]).
+        self.stop_starts = np.zeros(len(vocab), bool)
+        for table, _ in self.stops:
+            self.stop_starts[np.flatnonzero(table[0])] = True
         self.pattern = compile_pattern(options, vocab)
         self.bias: np.ndarray | None = None  # float32 [vocab]
         if options.logit_bias:
@@ -245,7 +250,12 @@ class _Plan:
     sources: list[tuple[Group, Index, Index]]  # group, its positions, their choices (n > 1)
     singles: np.ndarray  # positions of the rows of one-row groups (a request with n = 1) ...
     single_draws: list[Callable[[], float]]  # ... and their groups' `uniform`
-    stops: list[tuple[int, Row]]  # (position, row) of rows with stop strings
+    # Rows with stop strings: their positions, the rows, whether each holds text back (some
+    # automaton has left its start) and the characters that begin one of its stop strings.
+    stop_positions: np.ndarray  # int64 [stopping rows]
+    stop_rows: list[Row]
+    stop_held: np.ndarray  # bool [stopping rows]
+    stop_starts: np.ndarray  # bool [stopping rows, vocab]
     controlled: list[tuple[int, Row]]  # rows with a pattern, logit bias or penalties
     bias: tuple[np.ndarray, np.ndarray] | None  # positions with a logit bias, their biases
     penalised: list[tuple[int, Row]]  # rows with presence or frequency penalties
@@ -359,10 +369,16 @@ class Decoder:
                         row.state = int(row.group.pattern.table[row.state, token])
                     if row.counts is not None:
                         row.counts[token] += 1
-        for position, row in plan.stops:
-            if row.finish is None and _stopped(row):
-                row.finish = "stop"
-                ended.append(position)
+        if plan.stop_rows:  # only a row holding text back or starting a stop string moves
+            held, starts, positions = plan.stop_held, plan.stop_starts, plan.stop_positions
+            moved = held | starts[np.arange(len(positions)), tokens[positions]]
+            for k in np.flatnonzero(moved).tolist():
+                row = plan.stop_rows[k]
+                if row.finish is None:
+                    if _stopped(row):
+                        row.finish = "stop"
+                        ended.append(int(positions[k]))
+                    held[k] = row.held > 0
         plan.steps += 1
         if plan.steps == plan.next_end:
             for position in np.flatnonzero(plan.left == plan.steps).tolist():
@@ -470,7 +486,11 @@ class Decoder:
         else:
             row.out.append(token)
             row.state = pattern_masks(row.group.pattern).rows[row.state][token]  # type: ignore[arg-type]
-            if not (row.stop_states and _stopped(row)):
+            if not row.stop_states:
+                return token
+            stopped = _stopped(row)
+            plan.stop_held[0] = row.held > 0  # for `_settle`, near the end
+            if not stopped:
                 return token
             row.finish = "stop"
         self.ended = [0]
@@ -507,6 +527,7 @@ class Decoder:
             sources.append((group, _positions(positions, n), slice(None) if every else choices))
         left = np.array([row.remaining for row in rows], np.int64)
         scored = [i for i, r in enumerate(rows) if r.group.options.logprobs is not None]
+        stopping = [i for i, row in enumerate(rows) if row.stop_states]
         open_left = [row.remaining for row in rows if row.finish is None]
         return _Plan(
             greedy=np.array(greedy, np.int64),
@@ -518,7 +539,12 @@ class Decoder:
             sources=sources,  # type: ignore[arg-type]
             singles=np.array([p for p, _ in singles], np.int64),
             single_draws=[draw for _, draw in singles],
-            stops=[(i, row) for i, row in enumerate(rows) if row.stop_states],
+            stop_positions=np.array(stopping, np.int64),
+            stop_rows=[rows[i] for i in stopping],
+            stop_held=np.array([rows[i].held > 0 for i in stopping], bool),
+            stop_starts=np.array([rows[i].group.stop_starts for i in stopping], bool).reshape(
+                len(stopping), self.vocab_size
+            ),
             controlled=[(i, row) for i, row in enumerate(rows) if row.group.options.controlled],
             bias=_stack_bias(rows),
             penalised=[(i, r) for i, r in enumerate(rows) if _penalised(r.group.options)],
