@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,34 @@ def manifest_json(folder: Path) -> dict[str, Any]:
     """An export folder's manifest.json as it is on disk (its format is a promise)."""
     data: dict[str, Any] = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     return data
+
+
+@dataclasses.dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """`toolkit ARGS` in this process, through the console entry point (its errors, exit codes
+    and output as a user sees them): for tests whose subject is not the process itself, each
+    subprocess with TensorFlow costs seconds of CPU to start."""
+    from toolkit.cli.entry import main
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["toolkit", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ def test_bench_smoke(tiny_run: Path, tiny_export: Path, tmp_path: Path) -> None:
         warmup=2,
         prompt_chars=50,
         startup_runs=1,
+        generation_steps=100,
         name="smoke",
     )
     report = run_bench(tiny_run, tiny_export, config, tmp_path, log=lambda _: None)

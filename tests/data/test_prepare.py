@@ -144,7 +144,7 @@ def test_worker_rows_are_slices_of_the_whole_batch() -> None:
         np.testing.assert_array_equal(y, np.concatenate([p[1] for p in parts]))
 
 
-def test_cli_prepare_then_train(tmp_path: Path) -> None:
+def test_cli_prepare_then_train(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "corpus.txt"
     src.write_text(load_corpus(None)[:30_000], encoding="utf-8")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -158,14 +158,17 @@ def test_cli_prepare_then_train(tmp_path: Path) -> None:
     assert "toolkit train --data data/corpus" in proc.stdout
     again = toolkit("prepare", str(src))
     assert again.returncode == 2 and again.stderr.startswith("error: data/corpus already exists")
-    proc = toolkit("train", "--data", "data/corpus", "--preset", "tiny", "--no-progress",
-                   "--no-sample", "--val-chars", "1000")  # fmt: skip
+    # Train and export in this process (the same entry point; TensorFlow is loaded already).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    proc = cli("train", "--data", "data/corpus", "--preset", "tiny", "--no-progress",
+               "--no-sample", "--val-chars", "1000")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     info = json.loads((tmp_path / "runs" / "corpus" / "run.json").read_text())
     assert info["prepared"] == str((tmp_path / "data" / "corpus").resolve())
     assert info["status"] == "finished"
     assert not (tmp_path / "cache" / "char-lstm-toolkit").exists()  # used in place
     # Export validates against the prepared corpus's validation ids (memory-mapped).
-    proc = toolkit("export", "runs/corpus", "--format", "onnx")
+    proc = cli("export", "runs/corpus", "--format", "onnx")
     assert proc.returncode == 0, proc.stderr
     assert "validated model.onnx" in proc.stdout

@@ -57,13 +57,14 @@ def measure_generation(
     threads: int,
     rounds: int,
     log: Callable[[str], None] = print,
+    steps: int | None = None,
 ) -> list[dict[str, Any]]:
     """End-to-end `generate` chars/s beside the step-only chars/s of the same backend.
 
     Both are timed in the same interleaved rounds (order shuffled each round): a block of bare
     steps made as `generate` makes them (`make_stepper`), and a `Generator.generate` of the
-    same number of steps with the settings above, GENERATION_PAIRS times, after a tenth as
-    many untimed steps. The ratio generate/step says what sampling and bookkeeping cost; it is
+    same number of steps (`steps` per row, default GENERATION_STEPS) with the settings above,
+    GENERATION_PAIRS times, after a tenth as many untimed steps. The ratio generate/step says what sampling and bookkeeping cost; it is
     the median of each pair's own ratio (the two blocks run back to back), which this
     machine's drifting speed disturbs less than a ratio of two medians.
     """
@@ -80,8 +81,9 @@ def measure_generation(
                 continue  # a microcontroller model has batch 1
             gen = load(model_dir, runtime=rt, variant=variant, threads=threads)
             # TFLite Micro's Python interpreter is far slower per step: fewer steps.
-            steps = max(10, GENERATION_STEPS.get(batch, 200) // (20 if rt == "tflm" else 1))
-            jobs[(runtime, batch)] = {"gen": gen, "steps": steps, "step": [], "generate": []}
+            chars = steps or GENERATION_STEPS.get(batch, 200)
+            chars = max(10, chars // (20 if rt == "tflm" else 1))
+            jobs[(runtime, batch)] = {"gen": gen, "steps": chars, "step": [], "generate": []}
     log(f"measuring end-to-end generation: {len(jobs)} configurations, {rounds} rounds")
     sink: list[str] = []
     # numpy's BLAS pool at the measured thread count, as for the latencies: left at its

@@ -46,6 +46,8 @@ class BenchConfig:
     prompt_chars: int = 1000
     startup_runs: int = 3
     startup: bool = True  # time fresh `toolkit generate` processes
+    # Characters per row of each end-to-end `generate` (None: generation.GENERATION_STEPS).
+    generation_steps: int | None = None
     name: str = "bench"
 
     def validate(self) -> None:
@@ -84,7 +86,13 @@ def run_bench(
     latency = _latency(factory, config, log)
     _add_ratios(latency, floors, config)
     generation = measure_generation(
-        model_dir, config.runtimes, config.batches, config.threads[0], config.rounds, log
+        model_dir,
+        config.runtimes,
+        config.batches,
+        config.threads[0],
+        config.rounds,
+        log,
+        steps=config.generation_steps,
     )
     per_runtime = _per_runtime(factory, run_dir, model_dir, config, log)
     report = {
