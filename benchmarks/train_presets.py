@@ -24,7 +24,8 @@ run's own (training time over steps, as the machine's load was during that run) 
 `--step-times N`, every run's configuration and its preset's timed N steps each in this one
 process, interleaved (the median of per-round ratios to the preset: what other processes do
 to the machine cancels). `--keep-results` keeps the report's preset rows from its JSON as they
-are (their run directories need not be here).
+are (their run directories need not be here), and the ablation rows of runs whose folders
+are gone.
 """
 
 from __future__ import annotations
@@ -493,7 +494,14 @@ def main() -> None:
         machine = machine_info()
     ablation = None
     if args.ablation:
-        rows = [ablation_row(args.ablation_runs / n) for n in args.ablation.split(",")]
+        # With --keep-results, a run whose folder is gone keeps its row from the report.
+        kept = {r["name"]: r for r in ((previous or {}).get("ablation") or {}).get("rows", [])}
+        rows = [
+            kept[n]
+            if n in kept and not (args.ablation_runs / n).exists()
+            else ablation_row(args.ablation_runs / n)
+            for n in args.ablation.split(",")
+        ]
         baselines = {r["name"]: r for r in results if r["name"] in {x["preset"] for x in rows}}
         ablation = {
             "command": "python benchmarks/train_presets.py " + " ".join(shown),
