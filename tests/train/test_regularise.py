@@ -225,26 +225,8 @@ def test_ema_is_what_validation_and_model_keras_use_and_survives_a_resume(
         np.testing.assert_array_equal(a, b)
 
 
-def test_cli_options_reach_the_config_and_bad_values_are_one_line(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "toolkit",
-            "train",
-            "--preset",
-            "tiny",
-            "--weight-drop",
-            "1.5",
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+def test_cli_options_reach_the_config_and_bad_values_are_one_line(tmp_path: Path, cli) -> None:
+    out = cli("train", "--preset", "tiny", "--weight-drop", "1.5", "--out", str(tmp_path / "run"))
     assert out.returncode != 0
     assert "weight-drop must be in [0, 1)" in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
