@@ -8,8 +8,9 @@ at a time (--max-batch 1) and beside the bare batched step; then a bounded load 
 Clients are plain asyncio connections in this process, on the same machine as the server
 (what CPU they use is taken from it: the figures are a floor). Each level runs its clients for --seconds, each
 client sending streamed requests of --chars characters (seeded) back to back; characters/s is
-everything received over the level's wall time. The bare step is the backend's step at the
-level's batch (at most --max-batch), timed in this process with the server stopped.
+what arrives while every client has a request open. The bare step is the backend's step at
+the level's batch (at most --max-batch), timed in this process with the server stopped, just
+before and just after the batched server's levels (their mean: the machine's speed drifts).
 
 The load test sends --load-requests requests, 64 at a time: 10% hang up after their first
 chunk, 10% are malformed; it checks that no answer is a 5xx, that every completed text equals
@@ -60,11 +61,15 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 async def stream_one(
-    url: str, body: dict[str, Any], hang_up_after_first: bool = False
+    url: str,
+    body: dict[str, Any],
+    hang_up_after_first: bool = False,
+    arrivals: list[tuple[float, int]] | None = None,
 ) -> tuple[str, float | None, list[float], str | None]:
     """One streamed request over a plain asyncio connection (a client that costs little CPU,
     so that the server gets the cores): its text, the time to its first text, the gaps
-    between chunks, and the finish reason."""
+    between chunks, and the finish reason. Each chunk's arrival time and characters are
+    appended to `arrivals`."""
     host, port = url.split("//")[1].split("/")[0].split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     data = json.dumps(body).encode()
@@ -96,6 +101,8 @@ async def stream_one(
                         gaps.append(now - last)
                     last = now
                     text += choice["text"]
+                    if arrivals is not None:
+                        arrivals.append((now, len(choice["text"])))
                 reason = choice["finish_reason"] or reason
                 if hang_up_after_first:
                     return text, first, gaps, "hung up"
@@ -107,9 +114,11 @@ async def stream_one(
 async def run_level(
     url: str, clients: int, chars: int, seconds: float, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
+    deadline = start + seconds
     ttfc: list[float] = []
     gaps: list[float] = []
+    arrivals: list[tuple[float, int]] = []
     received = 0
     requests = 0
 
@@ -119,13 +128,16 @@ async def run_level(
         while time.perf_counter() < deadline:
             body = {
                 "prompt": PROMPTS[(k + i) % len(PROMPTS)],
-                "max_tokens": chars,
+                # Client k's first request is k/clients shorter, so that the requests end on
+                # different steps, as independent clients' do (not all 64 at once, each then
+                # waiting while the other 63 are parsed before it rejoins).
+                "max_tokens": chars if i else chars - chars * k // clients,
                 "temperature": 0.8,
                 "seed": k * 1000 + i,
                 "stream": True,
                 **(extra or {}),
             }
-            text, first, chunk_gaps, _ = await stream_one(url, body)
+            text, first, chunk_gaps, _ = await stream_one(url, body, arrivals=arrivals)
             received += len(text)
             requests += 1
             if first is not None:
@@ -133,20 +145,41 @@ async def run_level(
             gaps.extend(chunk_gaps)
             i += 1
 
-    start = time.perf_counter()
+    # Steady state: every client has a request open from the first join (the first second,
+    # or a fifth of the level) to the deadline; after it, clients finish their last request
+    # and the batch empties, which is not this many streams.
+    opened = start + min(1.0, seconds / 5)
+    read = [asyncio.create_task(step_counters(url, at)) for at in (opened, deadline)]
     await asyncio.gather(*(client(k) for k in range(clients)))
     wall = time.perf_counter() - start
+    steady = sum(n for t, n in arrivals if opened <= t < deadline)
+    (steps0, seconds0), (steps1, seconds1) = [await task for task in read]
     return {
         "clients": clients,
         "requests": requests,
         "chars": received,
         "wall_s": round(wall, 3),
-        "chars_per_s": round(received / wall, 1),
+        "chars_per_s": round(steady / (deadline - opened), 1),
+        "chars_per_s_wall": round(received / wall, 1),
+        # The server's own batched step over the same window (its /metrics): how long a
+        # step took there, and the share of the window spent in steps.
+        "server_step_ms": round((seconds1 - seconds0) / max(1, steps1 - steps0) * 1e3, 3),
+        "server_busy": round((seconds1 - seconds0) / (deadline - opened), 3),
         "ttfc_p50_ms": _ms(percentile(ttfc, 50)),
         "ttfc_p99_ms": _ms(percentile(ttfc, 99)),
         "chunk_gap_p50_ms": _ms(percentile(gaps, 50)),
         "chunk_gap_p99_ms": _ms(percentile(gaps, 99)),
     }
+
+
+async def step_counters(v1: str, at: float) -> tuple[float, float]:
+    """The server's steps and seconds in them (toolkit_steps_total, toolkit_step_seconds_total)
+    at time `at`."""
+    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(v1.removesuffix("/v1") + "/metrics")).text
+    values = dict(line.split()[:2] for line in text.splitlines() if line.startswith("toolkit_step"))
+    return float(values["toolkit_steps_total"]), float(values["toolkit_step_seconds_total"])
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -324,19 +357,31 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         f"sending seeded requests of {data['chars']} characters back to back for "
         f"{data['seconds']:g} s. `batched`: `toolkit serve --max-batch 64`; `one at a time`: "
         "`--max-batch 1`; `bare step`: the backend's step at the same batch (capped at 64), no "
-        "server. Latencies are p50 / p99 in ms; a chunk gap is the time between two chunks of "
-        "one stream (the engine hands text over every 20 ms, stretched to 50 ms from 64 streams).",
+        "server. Characters/s are those received while every client has a request open (from "
+        "the first second to the end of the level); client k's first request is k/clients "
+        "shorter, so that requests end on different steps as independent clients' do. "
+        "`step (server / bare)`: the batched step's mean time inside the server over the same "
+        "window (its `toolkit_step_seconds_total` / `toolkit_steps_total`) and the bare step's; "
+        "`in step`: the share of the window the server spent in steps (the rest is the "
+        "engine's Python: admitting, drawing, handing text over, and waiting for the "
+        "interpreter while the HTTP side runs). Latencies are p50 / p99 in ms; a chunk gap is "
+        "the time between two chunks of one stream (the engine hands text over every 20 ms, "
+        "stretched to 50 ms from 64 streams; a request's first characters go out at once).",
         "",
         "| clients | batched chars/s | one at a time | bare step | batched / bare | "
-        "batched / one at a time | first char p50 / p99 | chunk gap p50 / p99 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "batched / one at a time | step (server / bare, ms) | in step | first char p50 / p99 "
+        "| chunk gap p50 / p99 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in levels:
         b, s, bare = row["batched"], row["sequential"], row["bare"]
+        server_step = b.get("server_step_ms")
+        step = f"{server_step:.2f} / {bare['step_us'] / 1e3:.2f}" if server_step else "–"
+        busy = f"{b['server_busy']:.2f}" if "server_busy" in b else "–"
         lines.append(
             f"| {row['clients']} | {b['chars_per_s']:,.0f} | {s['chars_per_s']:,.0f} | "
             f"{bare['chars_per_s']:,.0f} | {b['chars_per_s'] / bare['chars_per_s']:.2f} | "
-            f"{b['chars_per_s'] / s['chars_per_s']:.1f}x | "
+            f"{b['chars_per_s'] / s['chars_per_s']:.1f}x | {step} | {busy} | "
             f"{b['ttfc_p50_ms']} / {b['ttfc_p99_ms']} | "
             f"{b['chunk_gap_p50_ms']} / {b['chunk_gap_p99_ms']} |"
         )
@@ -455,8 +500,10 @@ def main() -> None:
         write_report(data, args.out)
         return
     levels = [int(x) for x in args.levels.split(",")]
+    bare_before = [bare_step(args.model, min(clients, 64), threads=1) for clients in levels]
     print("batched server", flush=True)
     batched = measure_server(args.model, levels, args.chars, args.seconds, ["--max-batch", "64"])
+    bare_after = [bare_step(args.model, min(clients, 64), threads=1) for clients in levels]
     scored: list[dict[str, Any]] = []
     if args.logprobs is not None:
         print(f"batched server, logprobs {args.logprobs}", flush=True)
@@ -469,14 +516,22 @@ def main() -> None:
         args.model, levels, args.chars, args.seconds, ["--max-batch", "1", "--max-queue", "1024"]
     )
     rows = []
-    for clients, b, s in zip(levels, batched, sequential, strict=True):
+    for clients, b, s, before, after in zip(
+        levels, batched, sequential, bare_before, bare_after, strict=True
+    ):
+        step_us = (before["step_us"] + after["step_us"]) / 2
         rows.append(
             {
                 "clients": clients,
                 "batched": b,
                 "sequential": s,
                 **({"logprobs": scored[len(rows)]} if scored else {}),
-                "bare": bare_step(args.model, min(clients, 64), threads=1),
+                "bare": {
+                    "batch": before["batch"],
+                    "step_us": round(step_us, 1),
+                    "chars_per_s": round(before["batch"] / step_us * 1e6, 1),
+                    "step_us_before_after": [before["step_us"], after["step_us"]],
+                },
             }
         )
     at64 = next((r for r in rows if r["clients"] == 64), None)

@@ -162,6 +162,54 @@ def test_rows_draw_the_same_alone_or_among_rows_that_come_and_go(
     assert together == alone
 
 
+def test_one_row_groups_keep_their_own_random_streams_in_a_batch() -> None:
+    """Many one-row groups (the server's requests with n = 1) draw their uniforms together:
+    each text is the one its group draws alone, and each stream, handed back (`sync`, as for
+    a state token) mid-way and at the end, is where one draw per character leaves it, across
+    refills of blocks of different sizes, rows leaving and steps with a lone row."""
+    vocab = Vocabulary(tuple(chr(ord("!") + i) for i in range(65)))
+    table = (np.random.default_rng(0).standard_normal((60, 65)) * 3).astype(np.float32)
+    lengths, blocks = [5, 12, 60, 47, 17, 30, 1], [3, 4, 5, 7, 2, 256, 1]
+
+    def group(k: int) -> Group:
+        o = DecodeOptions(lengths[k], temperature=0.9, seed=k)
+        made = Group(o, vocab, np.random.default_rng(k))
+        made.block = blocks[k]
+        return made
+
+    def advanced(k: int, draws: int) -> dict:
+        rng = np.random.default_rng(k)
+        for _ in range(draws):
+            rng.random(1)
+        return rng.bit_generator.state
+
+    decoder = Decoder(vocab)
+    rows = [decoder.add(group(k))[0] for k in range(len(lengths))]
+    for t in range(60):
+        if not decoder.rows:
+            break
+        logits = np.repeat(table[t : t + 1], len(decoder.rows), 0)
+        if len(decoder.rows) == 1:
+            with overflow_detected():
+                decoder.step_one(logits)
+        else:
+            decoder.step(logits)
+        if t == 9:  # a state token for the longest row's stream, then it draws on
+            rows[2].group.sync()
+            assert rows[2].group.rng.bit_generator.state == advanced(2, 10)
+        if decoder.ended:  # membership changes only when rows end, as in the server
+            decoder.keep([i for i, row in enumerate(decoder.rows) if row.finish is None])
+    for k, row in enumerate(rows):
+        alone = Decoder(vocab)
+        (single,) = alone.add(group(k))
+        for t in range(lengths[k]):
+            with overflow_detected():
+                alone.step_one(table[t : t + 1])
+        assert row.out == single.out, k
+        row.group.sync()
+        assert row.group.rng.bit_generator.state == advanced(k, lengths[k]), k
+
+
 def test_mixed_options_in_one_step_draw_as_each_row_alone() -> None:
     """Greedy, plain temperatures (the float32 path with its float64 redo), top-k and top-p
     rows in one step: each row's token is the one it draws alone (step_one)."""

@@ -252,6 +252,11 @@ def test_models_health_and_metrics(server: ServerProcess) -> None:
         assert values[f"toolkit_{histogram}_seconds_count"] >= 1, histogram
     assert values["toolkit_generated_chars_total"] >= 80
     assert values["toolkit_batch_size_count"] >= 40
+    # At least a step per character of the 2 x 40 (they share steps), each timed: more than
+    # nothing, less than the 0.1 s a step of this small model never takes.
+    steps, seconds = values["toolkit_steps_total"], values["toolkit_step_seconds_total"]
+    assert steps >= 40
+    assert 0 < seconds < 0.1 * steps
     for name in (
         "toolkit_requests_running",
         "toolkit_requests_waiting",
@@ -262,6 +267,8 @@ def test_models_health_and_metrics(server: ServerProcess) -> None:
         "toolkit_queue_time_seconds",
         "toolkit_batch_size",
         "toolkit_prefix_cache_hits_total",
+        "toolkit_steps_total",
+        "toolkit_step_seconds_total",
     ):
         assert name in metrics, name
 

@@ -605,12 +605,13 @@ class Decoder:
 
     # ----------------------------------------------------------------- text
 
-    def flush(self) -> list[tuple[int, str, int]]:
-        """Each row's new text that is safe to show: (position, text, where the text starts
-        in the row's characters) for rows that have some. Characters that may be the start
-        of a stop string are held back."""
+    def flush(self, positions: Iterable[int] | None = None) -> list[tuple[int, str, int]]:
+        """Each row's (or the rows at `positions`') new text that is safe to show: (position,
+        text, where the text starts in the row's characters) for rows that have some.
+        Characters that may be the start of a stop string are held back."""
         out = []
-        for i, row in enumerate(self.rows):
+        for i in range(len(self.rows)) if positions is None else positions:
+            row = self.rows[i]
             if len(row.out) > row.sent:
                 start, ids = row.take()
                 if ids:

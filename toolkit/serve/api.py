@@ -176,6 +176,8 @@ class _EngineCollector:
         waiting = len(engine.waiting) if engine else 0
         chars = engine.stats.chars if engine else 0
         hits = engine.stats.cache_hits if engine else 0
+        steps = engine.stats.steps if engine else 0
+        step_seconds = engine.stats.step_seconds if engine else 0.0
         return [
             GaugeMetricFamily("toolkit_requests_running", "Requests in the batch", value=running),
             GaugeMetricFamily("toolkit_requests_waiting", "Requests queued", value=waiting),
@@ -184,6 +186,10 @@ class _EngineCollector:
             ),
             CounterMetricFamily(
                 "toolkit_prefix_cache_hits", "Prompts whose state came from the cache", value=hits
+            ),
+            CounterMetricFamily("toolkit_steps", "Batched steps of the model", value=steps),
+            CounterMetricFamily(
+                "toolkit_step_seconds", "Time in the model's batched step", value=step_seconds
             ),
         ]
 

@@ -80,7 +80,7 @@ class Engine:
         self._accepting = True
         self._stop = False
         self._abort_requested = False
-        self._started = False  # a request drew its first character in this turn
+        self._started: list[Request] = []  # requests that drew their first character
         self._cancels = False  # a request was cancelled since the last look
         self._next_deadline = math.inf  # the nearest time limit of a running request
         self._thread: threading.Thread | None = None
@@ -151,16 +151,24 @@ class Engine:
                         return
                     aborting, self._abort_requested = self._abort_requested, False
                 self.iterate(aborting)
-                now = time.perf_counter()
-                # First characters go out at once (time to first character), the rest at
-                if now >= next_flush or not self.rows or self._started:  # the interval
-                    self._started = False
-                    next_flush = now + flush_interval(len(self.rows))
-                    self.flush()
+                next_flush = self.hand_over(time.perf_counter(), next_flush)
         except BaseException as exc:  # the HTTP side reports it; open requests get "abort"
             self.error = exc
             self._abort()
             raise
+
+    def hand_over(self, now: float, next_flush: float) -> float:
+        """After a turn: every request's text once the flush interval has passed, else the
+        first characters of requests that just started (time to first character), alone.
+        When the next full flush is due."""
+        if now >= next_flush or not self.rows:
+            self._started = []
+            self.flush()
+            return now + flush_interval(len(self.rows))
+        if self._started:
+            started, self._started = self._started, []
+            self.flush(started)
+        return next_flush
 
     def iterate(self, aborting: bool = False) -> None:
         """One turn of the loop: requests join, rows that must go leave, one step."""
@@ -311,7 +319,9 @@ class Engine:
             tokens = tokens[self._end_rows(ending)]
             if not self.rows:
                 return
+        start = time.perf_counter()
         self.batch.step(self.backend, tokens, self.pad_batches)
+        self.stats.step_seconds += time.perf_counter() - start
         self.stats.steps += 1
         self.on_step(len(self.rows))
         # Rows that waited for their last character to be fed end; prompt passes that are
@@ -339,8 +349,8 @@ class Engine:
             now = time.perf_counter()
             for request in plan.starting:
                 request.first_char_at = request.first_char_at or now
+            self._started += plan.starting
             plan.starting = []
-            self._started = True
         ending: list[int] = []
         feeding_last = False
         for k in self.decoder.ended:
@@ -386,11 +396,16 @@ class Engine:
         self.batch.select(index, rows)
         self._plan = None
 
-    def flush(self) -> None:
-        """Hand each request the text its choices produced since the last flush (the
-        decoder holds back characters that may be the start of a stop string)."""
+    def flush(self, only: list[Request] | None = None) -> None:
+        """Hand each request (or `only` these) the text its choices produced since the last
+        flush (the decoder holds back characters that may be the start of a stop string)."""
         events: dict[int, tuple[Request, list[Event]]] = {}
-        for k, text, start in self.decoder.flush():
+        positions = None
+        if only is not None:
+            wanted = {id(request) for request in only}
+            rows = enumerate(self.decoder.rows)
+            positions = [k for k, row in rows if id(row.group.owner) in wanted]
+        for k, text, start in self.decoder.flush(positions):
             row = self.decoder.rows[k]
             request: Request = row.group.owner  # type: ignore[assignment]
             events.setdefault(id(request), (request, []))[1].append(choice_event(row, text, start))

@@ -147,6 +147,7 @@ class Stats:
     """What /metrics reads; written by the engine thread."""
 
     steps: int = 0
+    step_seconds: float = 0.0  # in the backend's batched step
     chars: int = 0  # drawn, stop strings included
     cache_hits: int = 0
 
