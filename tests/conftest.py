@@ -184,6 +184,29 @@ def tiny2_c_export(
     return own_copy(tmp_path_factory, built_once(tmp_path_factory, "tiny2-c", build), "exported")
 
 
+def small_lstm_config(**changes: Any) -> Any:
+    """A 2 x 24 LSTM on windows of 6 x 12, fp32: the fused step's gradient checks' size."""
+    from toolkit.config import preset
+
+    base = dataclasses.replace(
+        preset("tiny"), units=24, embedding_dim=8, layers=2, seq_length=12, batch_size=6
+    )
+    return dataclasses.replace(base, **{"precision": "fp32", **changes})
+
+
+def random_window(config: Any, vocab: int = 20, seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    """Random inputs, targets and state (x, y, h, c) for one training step of `config`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, vocab, (config.batch_size, config.seq_length)).astype(np.int32)
+    y = rng.integers(0, vocab, (config.batch_size, config.seq_length)).astype(np.int32)
+    shape = (config.batch_size, config.layers, config.units)
+    h = rng.normal(0, 0.5, shape).astype(np.float32)
+    c = rng.normal(0, 0.5, shape).astype(np.float32)
+    return x, y, h, c
+
+
 def parse_c_array(source: str, symbol: str = "g_char_lstm_model") -> bytes:
     """The bytes of `symbol`'s initializer in a generated model_data.cc (round trips)."""
     import re

@@ -7,25 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from toolkit.config import preset
-
-
-def _config(**changes):
-    base = dataclasses.replace(
-        preset("tiny"), units=24, embedding_dim=8, layers=2, seq_length=12, batch_size=6
-    )
-    return dataclasses.replace(base, **{"precision": "fp32", **changes})
-
-
-def _inputs(config, vocab: int = 20, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, vocab, (config.batch_size, config.seq_length)).astype(np.int32)
-    y = rng.integers(0, vocab, (config.batch_size, config.seq_length)).astype(np.int32)
-    shape = (config.batch_size, config.layers, config.units)
-    h = rng.normal(0, 0.5, shape).astype(np.float32)
-    c = rng.normal(0, 0.5, shape).astype(np.float32)
-    return x, y, h, c
+from conftest import random_window, small_lstm_config
 
 
 def test_forward_and_gradients_match_keras() -> None:
@@ -33,10 +15,10 @@ def test_forward_and_gradients_match_keras() -> None:
 
     from toolkit.train.trainer import Trainer
 
-    config = _config(dropout=0.0)
+    config = small_lstm_config(dropout=0.0)
     trainer = Trainer(config, vocab_size=20)
     assert trainer.fused
-    x, y, h, c = (tf.constant(a) for a in _inputs(config))
+    x, y, h, c = (tf.constant(a) for a in random_window(config))
     variables = trainer.model.trainable_variables
     results = []
     for forward in (trainer._keras_forward, trainer._fused_forward):
@@ -68,14 +50,14 @@ def test_training_steps_match_the_keras_step(dropout: float) -> None:
     masks included (the model's own Dropout layers, called in the same order)."""
     from toolkit.train.trainer import Trainer
 
-    config = _config(dropout=dropout, weight_decay=0.1, learning_rate=1e-2)
+    config = small_lstm_config(dropout=dropout, weight_decay=0.1, learning_rate=1e-2)
     fused = Trainer(config, vocab_size=20)
     keras = Trainer(dataclasses.replace(config, fused_lstm=False), vocab_size=20)
     assert fused.fused and not keras.fused
     keras.model.set_weights(fused.model.get_weights())
-    states = [_inputs(config)[2:], _inputs(config)[2:]]
+    states = [random_window(config)[2:], random_window(config)[2:]]
     for step in range(4):
-        x, y, _, _ = _inputs(config, seed=step + 1)
+        x, y, _, _ = random_window(config, seed=step + 1)
         losses = []
         for k, trainer in enumerate((fused, keras)):
             loss, h, c = trainer.train_step(x, y, *states[k])
@@ -90,8 +72,8 @@ def test_training_steps_match_the_keras_step(dropout: float) -> None:
 def test_bf16_keeps_the_keras_loop() -> None:
     from toolkit.train.trainer import Trainer
 
-    assert not Trainer(_config(precision="bf16"), vocab_size=20).fused
-    assert not Trainer(_config(fused_lstm=False), vocab_size=20).fused
+    assert not Trainer(small_lstm_config(precision="bf16"), vocab_size=20).fused
+    assert not Trainer(small_lstm_config(fused_lstm=False), vocab_size=20).fused
 
 
 def test_fused_validation_pass_matches_keras() -> None:
@@ -99,7 +81,7 @@ def test_fused_validation_pass_matches_keras() -> None:
     eval step) give the loss of Keras's 256-step windows."""
     from toolkit.train.trainer import FUSED_CHUNK, Trainer
 
-    config = _config(dropout=0.2)
+    config = small_lstm_config(dropout=0.2)
     trainer = Trainer(config, vocab_size=20)
     ids = np.random.default_rng(3).integers(0, 20, 16 * 150 + 1).astype(np.int32)
     assert trainer.eval_chunk() == FUSED_CHUNK

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_window, small_lstm_config
 
 from toolkit.config import preset
 from toolkit.errors import UsageError
@@ -26,23 +27,6 @@ LEVERS = {
         "embedding_dropout": 0.3,
     },
 }
-
-
-def _config(**changes):
-    base = dataclasses.replace(
-        preset("tiny"), units=24, embedding_dim=8, layers=2, seq_length=12, batch_size=6
-    )
-    return dataclasses.replace(base, **{"precision": "fp32", **changes})
-
-
-def _inputs(config, vocab: int = 20, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, vocab, (config.batch_size, config.seq_length)).astype(np.int32)
-    y = rng.integers(0, vocab, (config.batch_size, config.seq_length)).astype(np.int32)
-    shape = (config.batch_size, config.layers, config.units)
-    h = rng.normal(0, 0.5, shape).astype(np.float32)
-    c = rng.normal(0, 0.5, shape).astype(np.float32)
-    return x, y, h, c
 
 
 def _loss_and_grads(tf, trainer, forward, inputs, masks):
@@ -64,10 +48,10 @@ def test_fused_gradients_match_tensorflow_with_each_regulariser(lever: str) -> N
     from toolkit.train.regularise import Masks
     from toolkit.train.trainer import Trainer
 
-    config = _config(**LEVERS[lever])
+    config = small_lstm_config(**LEVERS[lever])
     trainer = Trainer(config, vocab_size=20)
     assert trainer.fused
-    inputs = tuple(tf.constant(a) for a in _inputs(config))
+    inputs = tuple(tf.constant(a) for a in random_window(config))
     masks = trainer.masks(inputs[0])
     keras_out, _, keras_grads = _loss_and_grads(tf, trainer, trainer._keras_forward, inputs, masks)
     fused_out, fused_loss, fused_grads = _loss_and_grads(
@@ -96,9 +80,9 @@ def test_weight_drop_is_dropconnect_on_the_recurrent_kernel() -> None:
     from toolkit.train.regularise import Masks
     from toolkit.train.trainer import Trainer
 
-    config = _config(weight_drop=0.4)
+    config = small_lstm_config(weight_drop=0.4)
     trainer = Trainer(config, vocab_size=20)
-    x, _, h, c = (tf.constant(a) for a in _inputs(config))
+    x, _, h, c = (tf.constant(a) for a in random_window(config))
     masks = trainer.masks(x)
     mask = masks.recurrent[0].numpy()
     assert mask.shape == (24, 96)
@@ -121,9 +105,9 @@ def test_locked_masks_are_one_per_stream_and_embedding_dropout_drops_characters(
 
     from toolkit.train.trainer import Trainer
 
-    config = _config(**LEVERS["all"])
+    config = small_lstm_config(**LEVERS["all"])
     trainer = Trainer(config, vocab_size=20)
-    x = tf.constant(_inputs(config)[0])
+    x = tf.constant(random_window(config)[0])
     masks = trainer.masks(x)
     assert masks.inputs.shape == (6, 8) and masks.output.shape == (6, 24)
     assert masks.between[0] is None and masks.between[1].shape == (6, 24)
@@ -159,8 +143,8 @@ def test_validation_does_not_see_the_regularisers() -> None:
     from toolkit.train.trainer import Trainer
 
     ids = np.random.default_rng(3).integers(0, 20, 16 * 80 + 1).astype(np.int32)
-    plain = Trainer(_config(dropout=0.3), vocab_size=20)
-    regular = Trainer(_config(**LEVERS["all"]), vocab_size=20)
+    plain = Trainer(small_lstm_config(dropout=0.3), vocab_size=20)
+    regular = Trainer(small_lstm_config(**LEVERS["all"]), vocab_size=20)
     regular.model.set_weights(plain.model.get_weights())
     assert regular.evaluate(ids) == pytest.approx(plain.evaluate(ids), abs=1e-6)
 
@@ -172,12 +156,12 @@ def test_bf16_keras_path_trains_with_every_regulariser() -> None:
 
     from toolkit.train.trainer import Trainer
 
-    config = _config(**LEVERS["all"])
+    config = small_lstm_config(**LEVERS["all"])
     fp32 = Trainer(config, vocab_size=20)
     bf16 = Trainer(dataclasses.replace(config, precision="bf16"), vocab_size=20)
     assert not bf16.fused
     bf16.model.set_weights(fp32.model.get_weights())
-    inputs = tuple(tf.constant(a) for a in _inputs(config))
+    inputs = tuple(tf.constant(a) for a in random_window(config))
     masks = fp32.masks(inputs[0])
     _, loss32, _ = _loss_and_grads(tf, fp32, fp32._fused_forward, inputs, masks)
     _, loss16, grads = _loss_and_grads(tf, bf16, bf16._keras_forward, inputs, masks)
@@ -197,9 +181,9 @@ def test_ema_is_what_validation_and_model_keras_use_and_survives_a_resume(
     from toolkit.train.trainer import Trainer
 
     decay = 0.9
-    config = _config(ema_decay=decay, weight_drop=0.3, learning_rate=1e-2)
+    config = small_lstm_config(ema_decay=decay, weight_drop=0.3, learning_rate=1e-2)
     trainer = Trainer(config, vocab_size=20)
-    x, y, h, c = _inputs(config)
+    x, y, h, c = random_window(config)
     average = None
     for _ in range(3):
         trainer.train_step(x, y, h, c)
