@@ -387,7 +387,7 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         )
     lines += [
         "",
-        "With one stream the server runs at about 0.6 of the bare step: a lone stream draws "
+        "With one stream the server runs at about 0.7 of the bare step: a lone stream draws "
         "with `generate`'s own batch-1 sampler, but each step still does the engine's "
         "bookkeeping (joins, time limits, stop strings, the hand-over to the HTTP side) and the "
         "HTTP side shares the cores. For one local stream `toolkit generate` is the fast path "
