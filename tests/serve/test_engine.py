@@ -163,37 +163,41 @@ def test_a_lone_stream_keeps_its_text_when_others_join_and_leave() -> None:
         assert texts[seed] == expected.texts[0]
 
 
-def test_a_starting_request_gets_its_first_characters_at_once_and_alone() -> None:
-    """Between the interval's flushes, the text of a request that just drew its first
-    character goes out alone; the others' waits for the interval."""
+def test_each_request_gets_its_text_at_its_own_interval_and_first_characters_at_once() -> None:
+    """A request's first character goes out in the step that draws it; after that its text
+    goes out when its own interval (20 ms for two streams) has passed since its last
+    hand-over, so requests that started apart are handed over on different steps."""
     generator = load(MODEL, runtime="onnx")
     engine = Engine(generator.backend, generator.vocab, (generator.layers, generator.units))
-    got: dict[int, list[str]] = {1: [], 2: []}
+    now = [0.0]
+    engine.clock = lambda: now[0]
+    got: dict[int, list[int]] = {1: [], 2: []}  # characters per hand-over
 
     def deliver(r: Request, events: list[Event]) -> None:
         assert r.seed is not None
-        got[r.seed].append("".join(e.text for e in events))
+        got[r.seed].append(sum(len(e.text) for e in events))
 
-    ids = [generator.vocab.index[c] for c in "ROMEO:"]
-    for seed in (1, 2):
-        options = DecodeOptions(length=100, temperature=0.9, seed=seed)
-        request = Request(ids, options, deliver=deliver)
-        if seed == 1:
-            engine.submit(request)
-            while engine.stats.chars < 5:  # its prompt, then 5 characters
-                engine.iterate()
-            next_flush = engine.hand_over(0.0, 0.0)  # due: the first request's 5 characters
-            assert [len(t) for t in got[1]] == [5]
-    engine.submit(request)
-    engine.iterate()  # the second joins (its prompt's state cached) and draws its first
-    # character; the first draws its 6th
-    assert engine.hand_over(0.001, next_flush) == next_flush
-    assert [len(t) for t in got[1]] == [5] and [len(t) for t in got[2]] == [1]
+    def request(seed: int) -> Request:
+        ids = [generator.vocab.index[c] for c in "ROMEO:"]
+        return Request(ids, DecodeOptions(length=100, temperature=0.9, seed=seed), deliver=deliver)
+
+    engine.submit(request(1))
+    while engine.stats.chars < 1:  # its prompt, then its first character
+        engine.iterate()
+    assert got[1] == [1]
+    for _ in range(4):  # characters 2-5: its interval has not passed
+        engine.iterate()
+    assert got[1] == [1]
+    now[0] = 0.005
+    engine.submit(request(2))  # joins from the prefix cache and draws at once
     engine.iterate()
-    engine.hand_over(0.002, next_flush)  # nobody started: nothing goes out
-    assert len(got[1]) == 1 and len(got[2]) == 1
-    engine.hand_over(next_flush, next_flush)  # the interval: both
-    assert [len(t) for t in got[1]] == [5, 2] and [len(t) for t in got[2]] == [1, 1]
+    assert got == {1: [1], 2: [1]}
+    now[0] = 0.021  # the first's interval has passed, the second's not
+    engine.iterate()
+    assert got == {1: [1, 6], 2: [1]}
+    now[0] = 0.026
+    engine.iterate()
+    assert got == {1: [1, 6], 2: [1, 2]}
 
 
 def test_stop_strings_end_a_stream_and_are_never_sent() -> None:

@@ -80,9 +80,9 @@ class Engine:
         self._accepting = True
         self._stop = False
         self._abort_requested = False
-        self._started: list[Request] = []  # requests that drew their first character
         self._cancels = False  # a request was cancelled since the last look
         self._next_deadline = math.inf  # the nearest time limit of a running request
+        self.clock: Callable[[], float] = time.perf_counter  # for the hand-overs
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         # Hooks for the metrics, called on the engine thread.
@@ -141,7 +141,6 @@ class Engine:
     # ----------------------------------------------------------------- the loop
 
     def _run(self) -> None:
-        next_flush = 0.0
         try:
             while True:
                 with self._lock:
@@ -151,24 +150,10 @@ class Engine:
                         return
                     aborting, self._abort_requested = self._abort_requested, False
                 self.iterate(aborting)
-                next_flush = self.hand_over(time.perf_counter(), next_flush)
         except BaseException as exc:  # the HTTP side reports it; open requests get "abort"
             self.error = exc
             self._abort()
             raise
-
-    def hand_over(self, now: float, next_flush: float) -> float:
-        """After a turn: every request's text once the flush interval has passed, else the
-        first characters of requests that just started (time to first character), alone.
-        When the next full flush is due."""
-        if now >= next_flush or not self.rows:
-            self._started = []
-            self.flush()
-            return now + flush_interval(len(self.rows))
-        if self._started:
-            started, self._started = self._started, []
-            self.flush(started)
-        return next_flush
 
     def iterate(self, aborting: bool = False) -> None:
         """One turn of the loop: requests join, rows that must go leave, one step."""
@@ -319,6 +304,7 @@ class Engine:
             tokens = tokens[self._end_rows(ending)]
             if not self.rows:
                 return
+        self._hand_over()
         start = time.perf_counter()
         self.batch.step(self.backend, tokens, self.pad_batches)
         self.stats.step_seconds += time.perf_counter() - start
@@ -349,7 +335,7 @@ class Engine:
             now = time.perf_counter()
             for request in plan.starting:
                 request.first_char_at = request.first_char_at or now
-            self._started += plan.starting
+                request.hand_over_at = 0.0  # its first characters go out at once
             plan.starting = []
         ending: list[int] = []
         feeding_last = False
@@ -395,6 +381,20 @@ class Engine:
                 index.append(i)
         self.batch.select(index, rows)
         self._plan = None
+
+    def _hand_over(self) -> None:
+        """The text of each request whose hand-over is due, just before the model's step:
+        the HTTP side formats and sends it while the step runs (the interpreter lock is free
+        then). Requests start at different times, so their hand-overs spread over the
+        interval: a few streams' chunks per step, not every stream's at once, which would
+        keep the HTTP side busy past the step while the engine waits for the lock."""
+        now = self.clock()
+        due = [request for request in self.running if request.hand_over_at <= now]
+        if due:
+            interval = flush_interval(len(self.rows))
+            for request in due:
+                request.hand_over_at = now + interval
+            self.flush(due)
 
     def flush(self, only: list[Request] | None = None) -> None:
         """Hand each request (or `only` these) the text its choices produced since the last

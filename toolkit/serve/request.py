@@ -64,6 +64,9 @@ class Request:
     arrived: float = field(default_factory=time.perf_counter)
     admitted: float | None = None
     first_char_at: float | None = None
+    # When its new text next goes to the HTTP side: at once after its first character, then
+    # at the hand-over interval (never before its first character).
+    hand_over_at: float = math.inf
     finished_at: float | None = None
     cancelled: bool = False
     chars: int = 0  # characters kept over all its choices, counted as each choice ends
