@@ -90,6 +90,8 @@ class Engine:
         self.on_finish: Callable[[Request], None] = lambda request: None
         # How a flush's events reach the requests: one call for all (one wake of the loop).
         self.deliver_many: Callable[[list[tuple[Request, list[Event]]]], None] = deliver_each
+        # Choices that ended: their last events, handed over with the next hand-over.
+        self._outbox: list[tuple[Request, list[Event]]] = []
 
     @property
     def rows(self) -> list[Row]:
@@ -163,6 +165,8 @@ class Engine:
         self._drop_cancelled()
         if self.rows:
             self._step()
+        if self._outbox:  # ends after this turn's hand-over
+            self.flush([])
 
     def _abort(self) -> None:
         with self._lock:
@@ -172,6 +176,7 @@ class Engine:
         for row in self.rows:
             row.finish = row.finish or "abort"
         self._end_rows(list(range(len(self.rows))))
+        self.flush([])  # their last events now: the loop may not turn again
 
     def _admit(self) -> None:
         """Waiting requests join while their choices fit in the batch (a prompt pass holds
@@ -267,7 +272,7 @@ class Engine:
                 events = [choice_event(row.decoding, self.vocab.decode(ids), start, reason, state)]
                 request.chars += len(row.decoding.out)
                 request.open_choices -= 1
-            request.deliver(request, events)
+            self._outbox.append((request, events))
             if request.open_choices == 0:
                 finished.append(request)
         gone = set(ending)
@@ -394,11 +399,13 @@ class Engine:
             interval = flush_interval(len(self.rows))
             for request in due:
                 request.hand_over_at = now + interval
+        if due or self._outbox:
             self.flush(due)
 
     def flush(self, only: list[Request] | None = None) -> None:
         """Hand each request (or `only` these) the text its choices produced since the last
-        flush (the decoder holds back characters that may be the start of a stop string)."""
+        flush (the decoder holds back characters that may be the start of a stop string),
+        after the last events of the choices that ended since."""
         events: dict[int, tuple[Request, list[Event]]] = {}
         positions = None
         if only is not None:
@@ -409,5 +416,6 @@ class Engine:
             row = self.decoder.rows[k]
             request: Request = row.group.owner  # type: ignore[assignment]
             events.setdefault(id(request), (request, []))[1].append(choice_event(row, text, start))
-        if events:
-            self.deliver_many(list(events.values()))
+        batches, self._outbox = self._outbox + list(events.values()), []
+        if batches:
+            self.deliver_many(batches)
