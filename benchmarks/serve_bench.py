@@ -10,7 +10,8 @@ Clients are plain asyncio connections in this process, on the same machine as th
 client sending streamed requests of --chars characters (seeded) back to back; characters/s is
 what arrives while every client has a request open. The bare step is the backend's step at
 the level's batch (at most --max-batch), timed in this process with the server stopped, just
-before and just after the batched server's levels (their mean: the machine's speed drifts).
+before and just after the batched server's levels (their mean: the machine's speed drifts),
+in --rounds rounds; each level shows its median round.
 
 The load test sends --load-requests requests, 64 at a time: 10% hang up after their first
 chunk, 10% are malformed; it checks that no answer is a 5xx, that every completed text equals
@@ -207,6 +208,17 @@ def measure_server(
         server.stop()
 
 
+def bare_of(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The bare step timed before and after a server's run: their mean."""
+    step_us = (before["step_us"] + after["step_us"]) / 2
+    return {
+        "batch": before["batch"],
+        "step_us": round(step_us, 1),
+        "chars_per_s": round(before["batch"] / step_us * 1e6, 1),
+        "step_us_before_after": [before["step_us"], after["step_us"]],
+    }
+
+
 def bare_step(model: Path, batch: int, threads: int, steps: int = 300) -> dict[str, Any]:
     """The backend's step alone at `batch`, median of 5 rounds."""
     generator = load(model, runtime="onnx", threads=threads)
@@ -357,7 +369,11 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         f"sending seeded requests of {data['chars']} characters back to back for "
         f"{data['seconds']:g} s. `batched`: `toolkit serve --max-batch 64`; `one at a time`: "
         "`--max-batch 1`; `bare step`: the backend's step at the same batch (capped at 64), no "
-        "server. Characters/s are those received while every client has a request open (from "
+        "server; the batched row is the median of "
+        f"{data.get('rounds', 1)} rounds by batched / bare (the rounds' ratios in brackets), "
+        "each timing the bare step just before and after the batched server, because the "
+        "machine's speed drifts between minutes by more than the server's overhead. "
+        "Characters/s are those received while every client has a request open (from "
         "the first second to the end of the level); client k's first request is k/clients "
         "shorter, so that requests end on different steps as independent clients' do. "
         "`step (server / bare)`: the batched step's mean time inside the server over the same "
@@ -375,12 +391,16 @@ def write_report(data: dict[str, Any], out: Path) -> None:
     ]
     for row in levels:
         b, s, bare = row["batched"], row["sequential"], row["bare"]
+        if len(row.get("ratio_rounds", [])) > 1:
+            spread = f" ({', '.join(f'{x:.2f}' for x in row['ratio_rounds'])})"
+        else:
+            spread = ""
         server_step = b.get("server_step_ms")
         step = f"{server_step:.2f} / {bare['step_us'] / 1e3:.2f}" if server_step else "–"
         busy = f"{b['server_busy']:.2f}" if "server_busy" in b else "–"
         lines.append(
             f"| {row['clients']} | {b['chars_per_s']:,.0f} | {s['chars_per_s']:,.0f} | "
-            f"{bare['chars_per_s']:,.0f} | {b['chars_per_s'] / bare['chars_per_s']:.2f} | "
+            f"{bare['chars_per_s']:,.0f} | {b['chars_per_s'] / bare['chars_per_s']:.2f}{spread} | "
             f"{b['chars_per_s'] / s['chars_per_s']:.1f}x | {step} | {busy} | "
             f"{b['ttfc_p50_ms']} / {b['ttfc_p99_ms']} | "
             f"{b['chunk_gap_p50_ms']} / {b['chunk_gap_p99_ms']} |"
@@ -493,6 +513,9 @@ def main() -> None:
     parser.add_argument(
         "--logprobs", type=int, default=5, help="also measure the batched server with logprobs: N"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="bare step, batched server, bare step: N times"
+    )
     args = parser.parse_args()
     if args.report_only:
         data = json.loads((args.out / "serve.json").read_text())
@@ -500,10 +523,29 @@ def main() -> None:
         write_report(data, args.out)
         return
     levels = [int(x) for x in args.levels.split(",")]
-    bare_before = [bare_step(args.model, min(clients, 64), threads=1) for clients in levels]
-    print("batched server", flush=True)
-    batched = measure_server(args.model, levels, args.chars, args.seconds, ["--max-batch", "64"])
-    bare_after = [bare_step(args.model, min(clients, 64), threads=1) for clients in levels]
+    # The machine's speed drifts by more than the server's overhead between minutes: each
+    # round times the bare step just before and after the batched server, and each level
+    # keeps its median round by the ratio of the two.
+    rounds = []
+    for k in range(args.rounds):
+        print(f"batched server, round {k + 1} of {args.rounds}", flush=True)
+        before = [bare_step(args.model, min(clients, 64), threads=1) for clients in levels]
+        measured = measure_server(
+            args.model, levels, args.chars, args.seconds, ["--max-batch", "64"]
+        )
+        after = [bare_step(args.model, min(clients, 64), threads=1) for clients in levels]
+        pairs = zip(before, after, measured, strict=True)
+        rounds.append([bare_of(b, a) | {"server": m} for b, a, m in pairs])
+    batched, bare, ratios = [], [], []
+    for i in range(len(levels)):
+        of_level = sorted(
+            (r[i]["server"]["chars_per_s"] / r[i]["chars_per_s"], k) for k, r in enumerate(rounds)
+        )
+        _, k = of_level[len(of_level) // 2]
+        chosen = dict(rounds[k][i])
+        batched.append(chosen.pop("server"))
+        bare.append(chosen)
+        ratios.append([round(x, 3) for x, _ in sorted(of_level, key=lambda t: t[1])])
     scored: list[dict[str, Any]] = []
     if args.logprobs is not None:
         print(f"batched server, logprobs {args.logprobs}", flush=True)
@@ -516,22 +558,17 @@ def main() -> None:
         args.model, levels, args.chars, args.seconds, ["--max-batch", "1", "--max-queue", "1024"]
     )
     rows = []
-    for clients, b, s, before, after in zip(
-        levels, batched, sequential, bare_before, bare_after, strict=True
+    for clients, b, s, bare_row, ratio_rounds in zip(
+        levels, batched, sequential, bare, ratios, strict=True
     ):
-        step_us = (before["step_us"] + after["step_us"]) / 2
         rows.append(
             {
                 "clients": clients,
                 "batched": b,
                 "sequential": s,
                 **({"logprobs": scored[len(rows)]} if scored else {}),
-                "bare": {
-                    "batch": before["batch"],
-                    "step_us": round(step_us, 1),
-                    "chars_per_s": round(before["batch"] / step_us * 1e6, 1),
-                    "step_us_before_after": [before["step_us"], after["step_us"]],
-                },
+                "bare": bare_row,
+                "ratio_rounds": ratio_rounds,  # batched / bare in each round, in order
             }
         )
     at64 = next((r for r in rows if r["clients"] == 64), None)
@@ -564,6 +601,7 @@ def main() -> None:
         "seconds": args.seconds,
         "levels": rows,
         "logprobs": args.logprobs,
+        "rounds": args.rounds,
         "targets": targets,
         "note": args.note,
     }
