@@ -64,9 +64,10 @@ def measure_generation(
     Both are timed in the same interleaved rounds (order shuffled each round): a block of bare
     steps made as `generate` makes them (`make_stepper`), and a `Generator.generate` of the
     same number of steps (`steps` per row, default GENERATION_STEPS) with the settings above,
-    GENERATION_PAIRS times, after a tenth as many untimed steps. The ratio generate/step says what sampling and bookkeeping cost; it is
-    the median of each pair's own ratio (the two blocks run back to back), which this
-    machine's drifting speed disturbs less than a ratio of two medians.
+    GENERATION_PAIRS times, after a tenth as many untimed steps. The ratio generate/step says
+    what sampling and bookkeeping cost; it is the median of each pair's own ratio (the two
+    blocks run back to back), which this machine's drifting speed disturbs less than a ratio
+    of two medians.
     """
     from threadpoolctl import threadpool_limits
 

@@ -407,8 +407,8 @@ class Engine:
         flush (the decoder holds back characters that may be the start of a stop string),
         after the last events of the choices that ended since."""
         events: dict[int, tuple[Request, list[Event]]] = {}
-        positions = None
-        if only is not None:
+        positions: list[int] | None = None if only is None else []
+        if only:
             wanted = {id(request) for request in only}
             rows = enumerate(self.decoder.rows)
             positions = [k for k, row in rows if id(row.group.owner) in wanted]
